@@ -1,0 +1,86 @@
+//! The signed offline API bundle: what it holds ([`model`]), how it is framed, signed and
+//! verified ([`format`]), and its JSON view for `bundle inspect` ([`inspect_json`]).
+
+pub mod format;
+pub mod model;
+
+pub use format::{Bundle, BundleError, read_file, seal, verify};
+pub use model::Manifest;
+
+use serde_json::{Value, json};
+
+use crate::keys::hex;
+use model::{Endpoints, Policy};
+
+fn endpoints_json(ep: &Option<Endpoints>) -> Value {
+    match ep {
+        None => Value::Null,
+        Some(ep) => json!({"type": ep.kind.as_str(), "urls": ep.urls}),
+    }
+}
+
+fn policy_json(p: &Policy) -> Value {
+    json!({
+        "name": p.name,
+        "requests": p.requests,
+        "window_s": p.window_s,
+        "stop_on_quota_reach": p.stop_on_quota_reach,
+    })
+}
+
+/// The manifest as JSON, with the header facts beside it. `verified` says whether the signature
+/// was checked against a trusted key.
+pub fn inspect_json(header: &format::Header, manifest: &Manifest, verified: bool) -> Value {
+    let level = |l: model::PolicyLevel| -> Vec<Value> {
+        manifest.policies.iter().filter(|p| p.level == l).map(policy_json).collect()
+    };
+    json!({
+        "format_version": header.version,
+        "signer_key_id": hex(&header.key_id),
+        "signature_verified": verified,
+        "label": manifest.label,
+        "serial": manifest.serial,
+        "created_at": manifest.created_at,
+        "issuers": manifest.issuers.iter().map(|i| json!({
+            "name": i.name,
+            "issuer": i.issuer,
+            "audience": i.audience,
+            "validate_subscription": i.validate_subscription,
+            "keys": i.keys.iter().map(|k| json!({
+                "kid": k.kid,
+                "x": <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(&k.public_key),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "policies": {
+            "api": level(model::PolicyLevel::Api),
+            "application": level(model::PolicyLevel::Application),
+            "subscription": level(model::PolicyLevel::Subscription),
+        },
+        "apis": manifest.apis.iter().map(|a| json!({
+            "name": a.name,
+            "version": a.version,
+            "context": a.context,
+            "tier": a.tier,
+            "disable_security": a.disable_security,
+            "auth_header": a.auth_header,
+            "production_endpoints": endpoints_json(&a.production),
+            "sandbox_endpoints": endpoints_json(&a.sandbox),
+            "cors": a.cors.as_ref().map(|c| json!({
+                "allow_origins": c.allow_origins,
+                "allow_headers": c.allow_headers,
+                "allow_methods": c.allow_methods,
+                "allow_credentials": c.allow_credentials,
+            })),
+            "operations": a.operations.iter().map(|o| json!({
+                "method": o.method.as_str(),
+                "path": o.path,
+                "tier": o.tier,
+                "disable_security": o.disable_security,
+                "scopes": o.scopes,
+                "production_endpoints": endpoints_json(&o.production),
+                "sandbox_endpoints": endpoints_json(&o.sandbox),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "revoked_jti": manifest.revoked_jti,
+    })
+}

@@ -1,0 +1,597 @@
+//! What a bundle says: the manifest carried, postcard-encoded, in the signed payload.
+//!
+//! Field order is the wire order (postcard has no field names): changing it is a format change
+//! (see `bundle-format/SPEC.md`, "Evolution"). [`Manifest::check`] holds every semantic rule a
+//! bundle must meet; the builder calls it before signing and the reader after decoding, so a
+//! bundle that verifies is one the data plane can run without a surprise.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Most APIs in one bundle.
+pub const MAX_APIS: usize = 4096;
+/// Most operations in one API.
+pub const MAX_OPERATIONS: usize = 1024;
+/// Most issuers in one bundle.
+pub const MAX_ISSUERS: usize = 64;
+/// Most keys for one issuer (a rotation overlap needs two or three).
+pub const MAX_ISSUER_KEYS: usize = 16;
+/// Most throttling policies in one bundle.
+pub const MAX_POLICIES: usize = 1024;
+/// Most revoked token ids in one bundle.
+pub const MAX_REVOKED: usize = 100_000;
+/// Most URLs in one endpoint list.
+pub const MAX_ENDPOINT_URLS: usize = 16;
+/// Longest string anywhere in a manifest (URLs, names, paths).
+pub const MAX_STRING: usize = 2048;
+/// Longest throttling window: a day, the largest unit WSO2 policies use.
+pub const MAX_WINDOW_S: u32 = 86_400;
+
+/// The tier name that means "no check" at every level.
+pub const UNLIMITED: &str = "Unlimited";
+
+/// The signed content of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Free-form name of the deployment (`label` in the project's gatelet.toml).
+    pub label: String,
+    /// Anti-rollback serial: a device refuses a lower one.
+    pub serial: u64,
+    /// Unix seconds when the project was built; evidence for the device's clock floor.
+    pub created_at: u64,
+    pub issuers: Vec<Issuer>,
+    pub policies: Vec<Policy>,
+    pub apis: Vec<Api>,
+    /// Token ids (`jti`) refused whatever their signature.
+    pub revoked_jti: Vec<String>,
+}
+
+/// A token issuer trusted by the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuer {
+    /// Short name used in the project and in metrics.
+    pub name: String,
+    /// The exact `iss` claim value.
+    pub issuer: String,
+    /// When set, `aud` must contain it.
+    pub audience: Option<String>,
+    pub keys: Vec<IssuerKey>,
+    /// When true, a token must list the API in `subscribedAPIs`.
+    pub validate_subscription: bool,
+}
+
+/// One Ed25519 public key of an issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerKey {
+    /// The JWKS `kid`, or the key's RFC 7638 thumbprint when it came from a PEM file.
+    pub kid: String,
+    pub public_key: [u8; 32],
+}
+
+/// The throttling level a policy belongs to. Resource-level tiers use [`PolicyLevel::Api`]
+/// policies, as WSO2's resource policies serve both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PolicyLevel {
+    Api,
+    Application,
+    Subscription,
+}
+
+impl PolicyLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyLevel::Api => "api",
+            PolicyLevel::Application => "application",
+            PolicyLevel::Subscription => "subscription",
+        }
+    }
+}
+
+/// A named limit: `requests` per `window_s` seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub level: PolicyLevel,
+    pub name: String,
+    pub requests: u64,
+    pub window_s: u32,
+    /// When false, requests over quota pass and are marked in the usage record.
+    pub stop_on_quota_reach: bool,
+}
+
+/// One API: a context and its operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Api {
+    pub name: String,
+    pub version: String,
+    /// The base path the gateway serves it under, e.g. `/pizzashack/1.0.0`.
+    pub context: String,
+    /// API-level tier (an [`PolicyLevel::Api`] policy or [`UNLIMITED`]).
+    pub tier: Option<String>,
+    pub disable_security: bool,
+    /// Lower-case header carrying the token, when not `authorization`.
+    pub auth_header: Option<String>,
+    pub production: Option<Endpoints>,
+    pub sandbox: Option<Endpoints>,
+    pub cors: Option<Cors>,
+    pub operations: Vec<Operation>,
+}
+
+/// HTTP methods an operation may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+    Options,
+    Head,
+    Patch,
+    Trace,
+}
+
+impl Method {
+    pub const ALL: [Method; 8] = [
+        Method::Get,
+        Method::Put,
+        Method::Post,
+        Method::Delete,
+        Method::Options,
+        Method::Head,
+        Method::Patch,
+        Method::Trace,
+    ];
+
+    /// The upper-case token used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Head => "HEAD",
+            Method::Patch => "PATCH",
+            Method::Trace => "TRACE",
+        }
+    }
+
+    /// From an OpenAPI path-item key (lower case) or a request line (upper case).
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// One operation of an API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub method: Method,
+    /// Path template relative to the context, e.g. `/menu/{id}`.
+    pub path: String,
+    /// Resource-level tier (an [`PolicyLevel::Api`] policy or [`UNLIMITED`]).
+    pub tier: Option<String>,
+    pub disable_security: bool,
+    /// Alternatives: a token passes when it holds every scope of at least one inner list.
+    /// Empty: no scope needed.
+    pub scopes: Vec<Vec<String>>,
+    /// Operation-level endpoints override the API's.
+    pub production: Option<Endpoints>,
+    pub sandbox: Option<Endpoints>,
+}
+
+/// How several endpoint URLs are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointKind {
+    /// One URL.
+    Single,
+    /// The first URL that answers.
+    Failover,
+    /// Round robin.
+    LoadBalance,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Single => "single",
+            EndpointKind::Failover => "failover",
+            EndpointKind::LoadBalance => "load_balance",
+        }
+    }
+}
+
+/// A backend endpoint list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub kind: EndpointKind,
+    pub urls: Vec<String>,
+}
+
+/// `x-wso2-cors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cors {
+    pub allow_origins: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+/// A backend URL, parsed: `http` or `https`, a host, an optional port, a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (empty for the root).
+    pub path: String,
+}
+
+impl EndpointUrl {
+    /// Parses an absolute `http://` or `https://` URL without user info, query or fragment.
+    pub fn parse(url: &str) -> Result<EndpointUrl, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err(format!("{url:?}: not an http:// or https:// URL"));
+        };
+        if url.bytes().any(|b| b <= b' ' || b == 0x7f || b >= 0x80) {
+            return Err(format!("{url:?}: contains spaces or control or non-ASCII characters"));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(format!("{url:?}: query and fragment are not allowed in an endpoint"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(format!("{url:?}: credentials in URLs are not allowed"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6.find(']').ok_or_else(|| format!("{url:?}: unclosed IPv6 literal"))?;
+            let host = &v6[..end];
+            host.parse::<std::net::Ipv6Addr>().map_err(|_| format!("{url:?}: bad IPv6 literal"))?;
+            let after = &v6[end + 1..];
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(format!("{url:?}: junk after IPv6 literal")),
+            };
+            (host.to_owned(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?}: no host"));
+        }
+        if !host.contains(':')
+            && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(format!("{url:?}: bad host name"));
+        }
+        let port = match port {
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(format!("{url:?}: bad port {p:?}")),
+                Ok(n) => n,
+            },
+            None if tls => 443,
+            None => 80,
+        };
+        Ok(EndpointUrl {
+            tls,
+            host: host.to_ascii_lowercase(),
+            port,
+            path: path.trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// A manifest rule the content breaks. The fault is the bundle's author (or its builder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! invalid {
+    ($($arg:tt)*) => { return Err(Invalid(format!($($arg)*))) };
+}
+
+fn check_str(what: &str, s: &str) -> Result<(), Invalid> {
+    if s.len() > MAX_STRING {
+        invalid!("{what}: longer than {MAX_STRING} bytes");
+    }
+    if s.chars().any(char::is_control) {
+        invalid!("{what}: contains control characters");
+    }
+    Ok(())
+}
+
+fn check_nonempty(what: &str, s: &str) -> Result<(), Invalid> {
+    if s.is_empty() {
+        invalid!("{what}: empty");
+    }
+    check_str(what, s)
+}
+
+/// A context: `/` followed by non-empty segments, no dot segments, no trailing slash, only
+/// characters that need no percent-encoding.
+pub fn check_context(context: &str) -> Result<(), String> {
+    check_path_like(context, false)
+}
+
+/// An operation path template: like a context, and `{name}` segments for parameters; `/` alone
+/// is the API root.
+pub fn check_path_template(path: &str) -> Result<(), String> {
+    if path == "/" {
+        return Ok(());
+    }
+    check_path_like(path, true)
+}
+
+fn check_path_like(path: &str, templates: bool) -> Result<(), String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("{path:?} does not start with '/'"));
+    };
+    if path.len() > MAX_STRING {
+        return Err(format!("longer than {MAX_STRING} bytes"));
+    }
+    for seg in rest.split('/') {
+        if seg.is_empty() {
+            return Err(format!("{path:?} has an empty segment or a trailing '/'"));
+        }
+        if seg == "." || seg == ".." {
+            return Err(format!("{path:?} has a dot segment"));
+        }
+        if templates && seg.starts_with('{') {
+            let name = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+            match name {
+                Some(n)
+                    if !n.is_empty()
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') =>
+                {
+                    continue;
+                }
+                _ => return Err(format!("{path:?}: a parameter must be a whole segment like {{id}}")),
+            }
+        }
+        let ok = seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b));
+        if !ok {
+            return Err(format!("{path:?}: segment {seg:?} has characters that need percent-encoding"));
+        }
+    }
+    Ok(())
+}
+
+fn check_endpoints(what: &str, ep: &Endpoints) -> Result<(), Invalid> {
+    if ep.urls.is_empty() {
+        invalid!("{what}: no URLs");
+    }
+    if ep.urls.len() > MAX_ENDPOINT_URLS {
+        invalid!("{what}: more than {MAX_ENDPOINT_URLS} URLs");
+    }
+    if ep.kind == EndpointKind::Single && ep.urls.len() != 1 {
+        invalid!("{what}: a single endpoint has exactly one URL");
+    }
+    for url in &ep.urls {
+        check_str(what, url)?;
+        if let Err(e) = EndpointUrl::parse(url) {
+            invalid!("{what}: {e}");
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Every semantic rule of a bundle; see `bundle-format/SPEC.md`, "Semantic checks".
+    pub fn check(&self) -> Result<(), Invalid> {
+        check_str("label", &self.label)?;
+        if self.issuers.len() > MAX_ISSUERS {
+            invalid!("more than {MAX_ISSUERS} issuers");
+        }
+        if self.policies.len() > MAX_POLICIES {
+            invalid!("more than {MAX_POLICIES} policies");
+        }
+        if self.apis.len() > MAX_APIS {
+            invalid!("more than {MAX_APIS} APIs");
+        }
+        if self.revoked_jti.len() > MAX_REVOKED {
+            invalid!("more than {MAX_REVOKED} revoked token ids");
+        }
+
+        let mut names = HashSet::new();
+        let mut iss = HashSet::new();
+        for i in &self.issuers {
+            let at = format!("issuer {:?}", i.name);
+            check_nonempty(&at, &i.name)?;
+            check_nonempty(&format!("{at}: issuer"), &i.issuer)?;
+            if let Some(aud) = &i.audience {
+                check_nonempty(&format!("{at}: audience"), aud)?;
+            }
+            if !names.insert(i.name.as_str()) {
+                invalid!("{at}: duplicate issuer name");
+            }
+            if !iss.insert(i.issuer.as_str()) {
+                invalid!("{at}: another issuer already has iss {:?}", i.issuer);
+            }
+            if i.keys.is_empty() {
+                invalid!("{at}: no keys");
+            }
+            if i.keys.len() > MAX_ISSUER_KEYS {
+                invalid!("{at}: more than {MAX_ISSUER_KEYS} keys");
+            }
+            let mut kids = HashSet::new();
+            for k in &i.keys {
+                check_nonempty(&format!("{at}: kid"), &k.kid)?;
+                if !kids.insert(k.kid.as_str()) {
+                    invalid!("{at}: duplicate kid {:?}", k.kid);
+                }
+                match ed25519_dalek::VerifyingKey::from_bytes(&k.public_key) {
+                    Ok(v) if !v.is_weak() => {}
+                    _ => invalid!("{at}: key {:?} is not a usable Ed25519 public key", k.kid),
+                }
+            }
+        }
+
+        let mut policies = HashSet::new();
+        for p in &self.policies {
+            let at = format!("{} policy {:?}", p.level.as_str(), p.name);
+            check_nonempty(&at, &p.name)?;
+            if p.name == UNLIMITED {
+                invalid!("{at}: {UNLIMITED} is built in and cannot be defined");
+            }
+            if !policies.insert((p.level, p.name.as_str())) {
+                invalid!("{at}: defined twice");
+            }
+            if p.requests == 0 {
+                invalid!("{at}: requests must be at least 1");
+            }
+            if p.window_s == 0 || p.window_s > MAX_WINDOW_S {
+                invalid!("{at}: window must be 1 to {MAX_WINDOW_S} seconds");
+            }
+        }
+        let tier_ok = |t: &Option<String>| match t {
+            None => true,
+            Some(t) => t == UNLIMITED || policies.contains(&(PolicyLevel::Api, t.as_str())),
+        };
+
+        let mut contexts = HashSet::new();
+        for api in &self.apis {
+            let at = format!("API {:?} {:?}", api.name, api.version);
+            check_nonempty(&at, &api.name)?;
+            check_nonempty(&format!("{at}: version"), &api.version)?;
+            if let Err(e) = check_context(&api.context) {
+                invalid!("{at}: context {e}");
+            }
+            if !contexts.insert(api.context.as_str()) {
+                invalid!("{at}: context {:?} is used by another API", api.context);
+            }
+            if !tier_ok(&api.tier) {
+                invalid!("{at}: unknown API tier {:?}", api.tier.as_deref().unwrap_or(""));
+            }
+            if let Some(h) = &api.auth_header {
+                if h.is_empty()
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+                {
+                    invalid!("{at}: auth header {h:?} is not a lower-case header name");
+                }
+            }
+            for (kind, ep) in [("production", &api.production), ("sandbox", &api.sandbox)] {
+                if let Some(ep) = ep {
+                    check_endpoints(&format!("{at}: {kind} endpoints"), ep)?;
+                }
+            }
+            if let Some(c) = &api.cors {
+                for s in c.allow_origins.iter().chain(&c.allow_headers).chain(&c.allow_methods) {
+                    check_str(&format!("{at}: cors"), s)?;
+                }
+            }
+            if api.operations.is_empty() {
+                invalid!("{at}: no operations");
+            }
+            if api.operations.len() > MAX_OPERATIONS {
+                invalid!("{at}: more than {MAX_OPERATIONS} operations");
+            }
+            let mut ops = HashSet::new();
+            for op in &api.operations {
+                let oat = format!("{at}: {} {}", op.method.as_str(), op.path);
+                if let Err(e) = check_path_template(&op.path) {
+                    invalid!("{oat}: path {e}");
+                }
+                if !ops.insert((op.method, op.path.as_str())) {
+                    invalid!("{oat}: declared twice");
+                }
+                if !tier_ok(&op.tier) {
+                    invalid!("{oat}: unknown resource tier {:?}", op.tier.as_deref().unwrap_or(""));
+                }
+                for alt in &op.scopes {
+                    for s in alt {
+                        check_nonempty(&format!("{oat}: scope"), s)?;
+                        if s.contains(' ') {
+                            invalid!("{oat}: scope {s:?} contains a space");
+                        }
+                    }
+                }
+                for (kind, ep) in [("production", &op.production), ("sandbox", &op.sandbox)] {
+                    if let Some(ep) = ep {
+                        check_endpoints(&format!("{oat}: {kind} endpoints"), ep)?;
+                    }
+                }
+                let has_any = api.production.is_some()
+                    || api.sandbox.is_some()
+                    || op.production.is_some()
+                    || op.sandbox.is_some();
+                if !has_any {
+                    invalid!("{oat}: no production or sandbox endpoint");
+                }
+            }
+        }
+        for j in &self.revoked_jti {
+            check_nonempty("revoked jti", j)?;
+        }
+        Ok(())
+    }
+
+    /// Looks up a policy by level and name.
+    pub fn policy(&self, level: PolicyLevel, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.level == level && p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        let u = EndpointUrl::parse("http://127.0.0.1:8080/api/v1/").expect("valid");
+        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (false, "127.0.0.1", 8080, "/api/v1"));
+        let u = EndpointUrl::parse("https://[::1]/x").expect("valid");
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "::1", 443));
+        let u = EndpointUrl::parse("http://Backend.local").expect("valid");
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("backend.local", 80, ""));
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://:80",
+            "http://a:0",
+            "http://a:99999",
+            "http://u:p@a/",
+            "http://a/?q",
+            "http://a b/",
+            "http://[::1",
+            "http://a/é",
+            "localhost:80",
+        ] {
+            assert!(EndpointUrl::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        for ok in ["/a", "/a/b", "/pizzashack/1.0.0", "/a:b"] {
+            assert!(check_context(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a", "/", "/a/", "//a", "/a/../b", "/a/./b", "/a b", "/a?b", "/a%20"] {
+            assert!(check_context(bad).is_err(), "{bad}");
+        }
+        for ok in ["/", "/menu", "/order/{orderId}", "/a/{x}/b"] {
+            assert!(check_path_template(ok).is_ok(), "{ok}");
+        }
+        for bad in ["/order/{}", "/order/x{id}", "/order/{id", "/a//b"] {
+            assert!(check_path_template(bad).is_err(), "{bad}");
+        }
+    }
+}
