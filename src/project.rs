@@ -165,6 +165,11 @@ fn mtime(path: &Path) -> u64 {
 /// Line (1-based) of the first match of `keys` in order, each a mapping key in YAML or JSON.
 /// A best-effort pointer for error messages; `None` when not found.
 fn locate(text: &str, keys: &[&str]) -> Option<usize> {
+    locate_offset(text, keys).map(|pos| text[..pos].matches('\n').count() + 1)
+}
+
+/// Byte offset of the last of `keys` found in order (see [`locate`]).
+fn locate_offset(text: &str, keys: &[&str]) -> Option<usize> {
     let mut pos = 0;
     for key in keys {
         let mut found = None;
@@ -184,7 +189,7 @@ fn locate(text: &str, keys: &[&str]) -> Option<usize> {
         }
         pos = found?;
     }
-    Some(text[..pos].matches('\n').count() + 1)
+    Some(pos)
 }
 
 /// Compiles the project at `dir` with the given serial.
@@ -201,9 +206,8 @@ pub fn compile(dir: &Path, serial: u64) -> Result<Compiled, ProjectError> {
     // Issuers and their keys.
     let mut issuers = Vec::new();
     for it in &project.issuer {
-        let line = locate(&toml_text, &["name"]).and_then(|_| {
-            toml_text.find(&format!("\"{}\"", it.name)).map(|p| toml_text[..p].matches('\n').count() + 1)
-        });
+        let line =
+            toml_text.find(&format!("\"{}\"", it.name)).map(|p| toml_text[..p].matches('\n').count() + 1);
         let at = |why: String| err(&toml_path, line, format!("issuer {:?}: {why}", it.name));
         if it.keys.is_empty() && it.jwks.is_none() {
             return Err(at("no keys: give keys = [\"keys/x.pub\"] or jwks = \"keys/x.jwks.json\"".into()));
@@ -372,6 +376,16 @@ struct Doc<'a> {
 impl Doc<'_> {
     fn fail(&self, at: &[&str], why: impl Into<String>) -> ProjectError {
         err(self.file, locate(&self.text, at), why.into())
+    }
+
+    /// Like [`Doc::fail`], pointing at the line of `value` after the keys when it can be found.
+    fn fail_value(&self, at: &[&str], value: &str, why: impl Into<String>) -> ProjectError {
+        let start = locate_offset(&self.text, at).unwrap_or(0);
+        let line = match self.text[start..].find(value) {
+            Some(i) => Some(self.text[..start + i].matches('\n').count() + 1),
+            None => locate(&self.text, at),
+        };
+        err(self.file, line, why.into())
     }
 }
 
@@ -646,7 +660,7 @@ fn endpoints_field(
         return Err(doc.fail(&at, format!("{key}: urls is empty")));
     }
     for u in &urls {
-        model::EndpointUrl::parse(u).map_err(|e| doc.fail(&at, format!("{key}: bad URL {e}")))?;
+        model::EndpointUrl::parse(u).map_err(|e| doc.fail_value(&at, u, format!("{key}: bad URL {e}")))?;
     }
     let kind = match o.get("type").map(|t| t.as_str()) {
         None if urls.len() == 1 => EndpointKind::Single,
