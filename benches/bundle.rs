@@ -64,14 +64,18 @@ fn benches(c: &mut Criterion) {
             black_box(bundle::seal(&m, &key).expect("seals"))
         })
     });
-    g.bench_function("seal (encode + sign)", |b| b.iter(|| black_box(bundle::seal(&manifest, &key).expect("seals"))));
+    g.bench_function("seal (encode + sign)", |b| {
+        b.iter(|| black_box(bundle::seal(&manifest, &key).expect("seals")))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("verify-1000-apis");
     g.bench_function("verify + decode + checks", |b| {
         b.iter(|| black_box(bundle::verify(black_box(&bytes), &trusted).expect("verifies")))
     });
-    g.bench_function("baseline: sha256 of the file", |b| b.iter(|| black_box(sha2::Sha256::digest(black_box(&bytes)))));
+    g.bench_function("baseline: sha256 of the file", |b| {
+        b.iter(|| black_box(sha2::Sha256::digest(black_box(&bytes))))
+    });
     let sig = key.sign(&bytes);
     g.bench_function("baseline: one verify_strict over the file", |b| {
         b.iter(|| key.verifying_key().verify_strict(black_box(&bytes), &sig).expect("valid"))

@@ -49,7 +49,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn now_unix() -> u64 {
+pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -123,4 +123,99 @@ pub fn bundle_inspect(file: &Path, trusted: &[PathBuf]) -> ToolResult {
     let mut s = serde_json::to_string_pretty(&json)?;
     s.push('\n');
     Ok(s)
+}
+
+/// `gatelet token mint --key KEY ...`: a signed development token on stdout.
+pub fn token_mint(key: &Path, request: &crate::token::MintRequest) -> ToolResult {
+    let signing = keys::load_signing_key(key)?;
+    let jti = crate::token::mint::random_jti()?;
+    let mut token = crate::token::mint(&signing, request, now_unix(), &jti)?;
+    token.push('\n');
+    Ok(token)
+}
+
+/// What `gatelet token verify` checks a token against.
+#[derive(Debug)]
+pub struct TokenVerify<'a> {
+    pub bundle: &'a Path,
+    pub trusted_keys: &'a [PathBuf],
+    /// `NAME:VERSION` of an API in the bundle.
+    pub api: &'a str,
+    pub method: &'a str,
+    /// An operation's path template (`/order/{id}`) or a concrete path, with or without the
+    /// API's context.
+    pub path: &'a str,
+    /// The token; `None` reads it from stdin (keeps it out of `ps` and shell history).
+    pub token: Option<&'a str>,
+    /// Wall-clock override in Unix seconds (the bundle's clock floor still applies).
+    pub now: Option<u64>,
+}
+
+fn path_matches(template: &str, path: &str) -> bool {
+    let (mut t, mut p) = (template.split('/'), path.split('/'));
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts.starts_with('{') && ts.ends_with('}') && !ps.is_empty() => {}
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return false,
+        }
+    }
+}
+
+/// `gatelet token verify`: the decision the gateway would make for one request, as one line of
+/// JSON, and whether it allows it. Reads the bundle like `bundle verify`; opens no state store
+/// (it must not contend with a running daemon), so the clock floor is the bundle's `created_at`.
+pub fn token_verify(args: &TokenVerify<'_>) -> Result<(String, bool), Box<dyn std::error::Error>> {
+    use crate::token::{self, Clock, ManualTime, SystemTime, TimeSource, Validator, ValidatorConfig};
+    use std::io::Read as _;
+    if args.trusted_keys.is_empty() {
+        return Err("at least one --trusted-key is required".into());
+    }
+    let trusted = load_trusted(args.trusted_keys)?;
+    let file = args.bundle;
+    let bytes = format::read_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let b = bundle::verify(&bytes, &trusted).map_err(|e| format!("{}: {e}", file.display()))?;
+    let m = b.manifest();
+    let (name, version) = token::mint::parse_api_ref(args.api)?;
+    let api = m
+        .apis
+        .iter()
+        .find(|a| a.name == name && a.version == version)
+        .ok_or_else(|| format!("--api {}: no such API in {}", args.api, file.display()))?;
+    let method = bundle::model::Method::parse(args.method)
+        .ok_or_else(|| format!("--method {}: unknown", args.method))?;
+    let path =
+        args.path.strip_prefix(api.context.as_str()).filter(|p| p.starts_with('/')).unwrap_or(args.path);
+    let ops = || api.operations.iter().filter(|o| o.method == method);
+    let op = ops()
+        .find(|o| o.path == path)
+        .or_else(|| ops().find(|o| path_matches(&o.path, path)))
+        .ok_or_else(|| format!("no operation {} {path} in API {}", method.as_str(), args.api))?;
+    let token = match args.token {
+        Some(t) => t.trim().to_owned(),
+        None => {
+            // One byte more than the limit, plus a newline, is enough to tell "too large".
+            let mut s = String::new();
+            std::io::stdin().take(token::jws::MAX_TOKEN_LEN as u64 + 2).read_to_string(&mut s)?;
+            s.trim().to_owned()
+        }
+    };
+    let source: Box<dyn TimeSource> = match args.now {
+        Some(t) => Box::new(ManualTime::new(t)),
+        None => Box::new(SystemTime),
+    };
+    let clock = Clock::new(source, m.created_at, 0);
+    let reading = clock.now();
+    let validator = Validator::new(m, &ValidatorConfig::default());
+    let result = validator.validate(&token, api, op, reading.now);
+    let mut json = token::decision_json(&result);
+    json["api"] = serde_json::json!({"name": api.name, "version": api.version, "context": api.context});
+    json["operation"] = serde_json::json!(format!("{} {}", op.method.as_str(), op.path));
+    json["security_disabled"] = serde_json::json!(api.disable_security || op.disable_security);
+    json["clock"] = serde_json::json!({
+        "now": reading.now, "wall": reading.wall, "floor": reading.floor,
+        "floor_origin": reading.origin.as_str(), "floored": reading.floored(),
+    });
+    Ok((format!("{json}\n"), result.is_ok()))
 }

@@ -1,0 +1,417 @@
+//! `gatelet run` and `gatelet check`: start-up, reload and shutdown around [`crate::server`].
+//!
+//! Start-up: config → trusted keys → bundle verified → rollback accepted in the state store →
+//! routes built → listeners bound → `READY=1`. Any failure is one line and a non-zero exit.
+//! Reload (SIGHUP, or a file in the inbox): verify → rollback check → build → install → swap;
+//! a failure keeps the bundle in force. Shutdown (SIGTERM/SIGINT): stop accepting, let requests
+//! in flight finish (bounded by `drain_timeout_s`), flush usage, persist the clock floor, exit 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use smol::Executor;
+use smol::net::TcpListener;
+use smol::stream::StreamExt;
+
+use crate::config::Config;
+use crate::server::{self, Gateway, Role, Shutdown, StartError, UsageSink};
+
+/// Largest file taken from the inbox (same limit as any bundle).
+const INBOX_MAX: u64 = crate::bundle::format::MAX_FILE;
+/// How often the clock floor is persisted while running: rarely, to spare the flash.
+const CLOCK_PERSIST_EVERY: Duration = Duration::from_secs(3600);
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(state) {
+            log::warn!("sd_notify: {e}");
+        }
+    }
+}
+
+/// `gatelet check`: everything `run` does before binding, without changing anything. Returns
+/// the summary to print.
+pub fn check(config: &Config) -> Result<String, StartError> {
+    let prepared = server::prepare(config, false)?;
+    let m = prepared.bundle.manifest();
+    // Build what run builds (routes, validator, throttle), so a bundle run would refuse fails here.
+    let active = server::Active::new(prepared.bundle.clone(), config, prepared.floor)?;
+    if !config.server.listen_tls.is_empty() {
+        server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?;
+    }
+    let rollback = match &prepared.state {
+        Some(s) => match s.rollback_mark() {
+            Ok(Some(mark)) => format!("ok (last accepted serial {})", mark.serial),
+            Ok(None) => "ok (no bundle accepted yet)".to_owned(),
+            Err(e) => return Err(StartError(e.to_string())),
+        },
+        None => "not checked (state store busy or unreadable)".to_owned(),
+    };
+    let ops: usize = m.apis.iter().map(|a| a.operations.len()).sum();
+    Ok(format!(
+        "config: ok\nbundle {}: ok, serial {}, label {:?}, signed by key id {}\n  {} APIs, {} operations, {} issuers, {} policies, {} revoked ids\nrollback: {rollback}\nlisteners: http {} https {} admin {}\n",
+        config.bundle.path.display(),
+        active.bundle.serial(),
+        m.label,
+        crate::keys::hex(&active.bundle.key_id()),
+        m.apis.len(),
+        ops,
+        m.issuers.len(),
+        m.policies.len(),
+        m.revoked_jti.len(),
+        or_off(&config.server.listen),
+        or_off(&config.server.listen_tls),
+        or_off(&config.server.admin_listen),
+    ))
+}
+
+fn or_off(s: &str) -> &str {
+    if s.is_empty() { "off" } else { s }
+}
+
+/// The bound addresses of a running gateway.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// A started gateway: stop it with [`Running::shutdown`].
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub bound: Bound,
+    executor: Arc<Executor<'static>>,
+    trigger: server::ShutdownTrigger,
+    shutdown: Shutdown,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    stop_workers: Option<smol::channel::Sender<()>>,
+    reload_tx: std::sync::mpsc::Sender<ReloadMsg>,
+    reload_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("bound", &self.bound).finish_non_exhaustive()
+    }
+}
+
+enum ReloadMsg {
+    Reload,
+    Stop,
+}
+
+async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, StartError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(addr).await.map(Some).map_err(|e| StartError(format!("{what} listener {addr}: {e}")))
+}
+
+/// Starts the gateway: verifies and accepts the bundle, binds the listeners and serves on a
+/// thread pool. `usage` receives a record per request.
+pub fn start(config: Config, usage: Option<Box<dyn UsageSink>>) -> Result<Running, StartError> {
+    let threads = match config.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    };
+    let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
+    let prepared = server::prepare(&config, true)?;
+    let tls = if config.server.listen_tls.is_empty() {
+        None
+    } else {
+        Some(server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?)
+    };
+    let (http, https, admin) = smol::block_on(async {
+        Ok::<_, StartError>((
+            bind(&config.server.listen, "http").await?,
+            bind(&config.server.listen_tls, "https").await?,
+            bind(&config.server.admin_listen, "admin").await?,
+        ))
+    })?;
+    let gateway = Arc::new(Gateway::new(config, prepared, Arc::clone(&executor), usage)?);
+    let bound = Bound {
+        http: http.as_ref().and_then(|l| l.local_addr().ok()),
+        https: https.as_ref().and_then(|l| l.local_addr().ok()),
+        admin: admin.as_ref().and_then(|l| l.local_addr().ok()),
+    };
+    let (trigger, shutdown) = Shutdown::new();
+    let limit = Arc::new(smol::lock::Semaphore::new(gateway.config.server.max_connections as usize));
+    for (listener, role, tls) in
+        [(http, Role::Http, None), (https, Role::Https, tls), (admin, Role::Admin, None)]
+    {
+        if let Some(l) = listener {
+            // The admin listener has its own small limit so a flood of clients cannot lock out
+            // health checks.
+            let limit = if role == Role::Admin {
+                Arc::new(smol::lock::Semaphore::new(16))
+            } else {
+                Arc::clone(&limit)
+            };
+            executor
+                .spawn(server::serve(
+                    Arc::clone(&gateway),
+                    l,
+                    role,
+                    tls,
+                    Arc::clone(&executor),
+                    limit,
+                    shutdown.clone(),
+                ))
+                .detach();
+        }
+    }
+    // Worker threads run the executor until told to stop.
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let ex = Arc::clone(&executor);
+        let stop = stop_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("gatelet-{i}"))
+            .spawn(move || smol::block_on(ex.run(async { stop.recv().await.unwrap_or(()) })))
+            .map_err(|e| StartError(format!("worker thread: {e}")))?;
+        workers.push(handle);
+    }
+    // Background duties on the executor: watchdog pings and clock persistence.
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let sd = shutdown.clone();
+        executor
+            .spawn(async move {
+                while !sd.is_triggered() {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                    smol::Timer::after(period / 2).await;
+                }
+            })
+            .detach();
+    }
+    {
+        let gw = Arc::clone(&gateway);
+        let sd = shutdown.clone();
+        executor
+            .spawn(async move {
+                loop {
+                    let stop = smol::future::or(
+                        async {
+                            smol::Timer::after(CLOCK_PERSIST_EVERY).await;
+                            false
+                        },
+                        async {
+                            sd.wait().await;
+                            true
+                        },
+                    )
+                    .await;
+                    if stop {
+                        return;
+                    }
+                    let gw = Arc::clone(&gw);
+                    smol::unblock(move || gw.persist_clock()).await;
+                }
+            })
+            .detach();
+    }
+    // Reloads run on their own thread: file IO and signature checks stay off the executor.
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel();
+    let reload_thread = {
+        let gw = Arc::clone(&gateway);
+        std::thread::Builder::new()
+            .name("gatelet-reload".into())
+            .spawn(move || reload_loop(&gw, &reload_rx))
+            .map_err(|e| StartError(format!("reload thread: {e}")))?
+    };
+    for (name, addr) in [("http", bound.http), ("https", bound.https), ("admin", bound.admin)] {
+        if let Some(a) = addr {
+            log::info!("listening {name} {a}");
+        }
+    }
+    let a = gateway.active();
+    let (floor, origin) =
+        (gateway.metrics.clock_floor_seconds.load(Ordering::Relaxed), a.bundle.manifest().created_at);
+    log::info!(
+        "ready: bundle serial {} ({} APIs), clock floor {floor} (bundle created {origin})",
+        a.bundle.serial(),
+        a.bundle.manifest().apis.len()
+    );
+    notify(&[sd_notify::NotifyState::Ready]);
+    Ok(Running {
+        gateway,
+        bound,
+        executor,
+        trigger,
+        shutdown,
+        workers,
+        stop_workers: Some(stop_tx),
+        reload_tx,
+        reload_thread: Some(reload_thread),
+    })
+}
+
+fn reload_loop(gw: &Gateway, rx: &std::sync::mpsc::Receiver<ReloadMsg>) {
+    let poll = Duration::from_millis(gw.config.bundle.inbox_poll_ms);
+    loop {
+        match rx.recv_timeout(poll) {
+            Ok(ReloadMsg::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Ok(ReloadMsg::Reload) => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                reload_installed(gw);
+                process_inbox(gw);
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => process_inbox(gw),
+        }
+    }
+}
+
+/// SIGHUP: the operator may have replaced the installed bundle file.
+fn reload_installed(gw: &Gateway) {
+    let path = &gw.config.bundle.path;
+    match crate::bundle::read_file(path) {
+        Err(e) => {
+            gw.metrics.bundle_reloads_failed.fetch_add(1, Ordering::Relaxed);
+            log::warn!("reload {}: {e}; keeping serial {}", path.display(), gw.active().bundle.serial());
+        }
+        Ok(bytes) => match gw.reload_from(&bytes, false) {
+            Ok(Some(serial)) => log::info!("reload {}: now serving serial {serial}", path.display()),
+            Ok(None) => log::info!("reload {}: unchanged", path.display()),
+            Err(e) => log::warn!(
+                "reload {}: refused: {e}; keeping serial {}",
+                path.display(),
+                gw.active().bundle.serial()
+            ),
+        },
+    }
+}
+
+/// Takes every bundle file in the inbox (names starting with `.` are ignored, so writers write
+/// then rename), oldest name first.
+pub fn process_inbox(gw: &Gateway) {
+    let inbox = &gw.config.bundle.inbox;
+    if inbox.is_empty() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(inbox) else { return };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for file in files {
+        let outcome = std::fs::metadata(&file)
+            .map_err(|e| StartError(e.to_string()))
+            .and_then(|m| {
+                if m.len() > INBOX_MAX {
+                    Err(StartError(format!("larger than {INBOX_MAX} bytes")))
+                } else {
+                    crate::bundle::read_file(&file).map_err(|e| StartError(e.to_string()))
+                }
+            })
+            .and_then(|bytes| gw.reload_from(&bytes, true));
+        match outcome {
+            Ok(Some(serial)) => {
+                log::info!("inbox {}: accepted, now serving serial {serial}", file.display());
+                remove(&file);
+            }
+            Ok(None) => {
+                log::info!("inbox {}: same bundle as the one in force", file.display());
+                remove(&file);
+            }
+            Err(e) => {
+                log::warn!(
+                    "inbox {}: refused: {e}; keeping serial {}",
+                    file.display(),
+                    gw.active().bundle.serial()
+                );
+                set_aside(&file);
+            }
+        }
+    }
+}
+
+fn remove(file: &Path) {
+    if let Err(e) = std::fs::remove_file(file) {
+        log::warn!("inbox {}: cannot remove: {e}", file.display());
+    }
+}
+
+/// Renames a refused file to `.refused-<name>`, which the inbox then ignores.
+fn set_aside(file: &Path) {
+    let Some(name) = file.file_name() else { return };
+    let mut aside = std::ffi::OsString::from(".refused-");
+    aside.push(name);
+    let target = file.with_file_name(aside);
+    if let Err(e) = std::fs::rename(file, &target) {
+        log::warn!("inbox {}: cannot move aside: {e}", file.display());
+        remove(file);
+    }
+}
+
+impl Running {
+    /// Asks for a reload, as SIGHUP does.
+    pub fn reload(&self) {
+        let _ = self.reload_tx.send(ReloadMsg::Reload);
+    }
+
+    /// Stops accepting, drains requests in flight (at most `drain_timeout_s`), stops the workers.
+    pub fn shutdown(mut self) {
+        notify(&[sd_notify::NotifyState::Stopping]);
+        self.gateway.set_draining();
+        self.trigger.trigger();
+        let deadline = Instant::now() + Duration::from_secs(self.gateway.config.server.drain_timeout_s);
+        while Instant::now() < deadline && self.gateway.metrics.connections_active.load(Ordering::Relaxed) > 0
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.gateway.metrics.connections_active.load(Ordering::Relaxed);
+        if left > 0 {
+            log::warn!("drain timeout: closing {left} connections");
+        }
+        let _ = self.reload_tx.send(ReloadMsg::Stop);
+        if let Some(t) = self.reload_thread.take() {
+            let _ = t.join();
+        }
+        self.gateway.shutdown_usage();
+        self.gateway.persist_clock();
+        drop(self.stop_workers.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        let _ = (&self.executor, &self.shutdown);
+    }
+
+    /// Blocks until SIGTERM or SIGINT, serving SIGHUP reloads meanwhile.
+    pub fn wait_for_signals(&self) -> Result<(), StartError> {
+        use async_signal::{Signal, Signals};
+        let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
+            .map_err(|e| StartError(format!("signal handlers: {e}")))?;
+        smol::block_on(async {
+            while let Some(sig) = signals.next().await {
+                match sig {
+                    Ok(Signal::Hup) => {
+                        log::info!("SIGHUP: reloading");
+                        self.reload();
+                    }
+                    Ok(s) => {
+                        log::info!("{s:?}: shutting down");
+                        return;
+                    }
+                    Err(e) => log::warn!("signal: {e}"),
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `gatelet run`: start, serve until SIGTERM/SIGINT, drain, exit.
+pub fn run(config: Config, usage: Option<Box<dyn UsageSink>>) -> Result<(), StartError> {
+    let running = start(config, usage)?;
+    running.wait_for_signals()?;
+    running.shutdown();
+    Ok(())
+}

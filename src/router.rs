@@ -1,0 +1,354 @@
+//! Routing: request path → (API, operation). Pure, built once per bundle.
+//!
+//! The path is normalised once ([`normalize_path`]) and the same normalised path is used for
+//! routing and for forwarding, so what is checked is what is sent. Contexts are matched longest
+//! first; within an API, literal segments beat `{param}` segments, left to right; then the method.
+
+use crate::bundle::model::{Api, Manifest, Method, Operation};
+
+/// Longest request path accepted (after the request line's own limits).
+pub const MAX_PATH: usize = 4096;
+
+/// Why a path was refused before routing. The fault is the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not an origin-form path (`/...`).
+    NotOrigin,
+    /// A `%` not followed by two hex digits, or an encoded NUL.
+    BadEncoding,
+    /// Longer than [`MAX_PATH`].
+    TooLong,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathError::NotOrigin => "request target is not an absolute path",
+            PathError::BadEncoding => "bad percent-encoding in the path",
+            PathError::TooLong => "path too long",
+        })
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 normalisation of an origin-form path: percent-encoded unreserved characters are
+/// decoded, other escapes upper-cased (an encoded `/` stays encoded and never splits a segment),
+/// empty segments (duplicate slashes) dropped, and dot segments resolved without climbing above
+/// the root. A trailing slash is dropped. The result starts with `/`.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    if raw.len() > MAX_PATH {
+        return Err(PathError::TooLong);
+    }
+    if !raw.starts_with('/') {
+        return Err(PathError::NotOrigin);
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for seg in raw.split('/') {
+        let mut out = String::with_capacity(seg.len());
+        let bytes = seg.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b == b'%' {
+                let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex_val),
+                    bytes.get(i + 2).copied().and_then(hex_val),
+                ) else {
+                    return Err(PathError::BadEncoding);
+                };
+                let v = h * 16 + l;
+                if v == 0 {
+                    return Err(PathError::BadEncoding);
+                }
+                if is_unreserved(v) {
+                    out.push(char::from(v));
+                } else {
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+                }
+                i += 3;
+            } else {
+                out.push(char::from(b));
+                i += 1;
+            }
+        }
+        match out.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(out),
+        }
+    }
+    if segments.is_empty() {
+        return Ok("/".into());
+    }
+    let mut path = String::with_capacity(raw.len());
+    for s in &segments {
+        path.push('/');
+        path.push_str(s);
+    }
+    Ok(path)
+}
+
+/// A successful route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub api: usize,
+    pub operation: usize,
+}
+
+/// Why no operation matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No context or no path template matches.
+    NotFound,
+    /// The path matches, the method does not; carries the API index for the `Allow` header.
+    MethodNotAllowed { api: usize, path_template: usize },
+}
+
+#[derive(Debug)]
+struct Template {
+    segments: Vec<Segment>,
+    /// Indices into the API's operations with this path, by method.
+    by_method: Vec<(Method, usize)>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Literal(String),
+    Param,
+}
+
+#[derive(Debug)]
+struct ApiRoutes {
+    context: String,
+    api: usize,
+    templates: Vec<Template>,
+}
+
+/// The routing table of one bundle.
+#[derive(Debug)]
+pub struct Router {
+    /// Longest context first.
+    apis: Vec<ApiRoutes>,
+}
+
+fn split(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
+impl Router {
+    pub fn new(manifest: &Manifest) -> Router {
+        let mut apis: Vec<ApiRoutes> = manifest
+            .apis
+            .iter()
+            .enumerate()
+            .map(|(i, api)| ApiRoutes { context: api.context.clone(), api: i, templates: templates(api) })
+            .collect();
+        apis.sort_by(|a, b| b.context.len().cmp(&a.context.len()).then_with(|| a.context.cmp(&b.context)));
+        Router { apis }
+    }
+
+    /// The resource path (after the context) of a normalised path under `context`, or `None`.
+    pub fn strip_context<'p>(context: &str, path: &'p str) -> Option<&'p str> {
+        let rest = path.strip_prefix(context)?;
+        if rest.is_empty() {
+            Some("/")
+        } else if rest.starts_with('/') {
+            Some(rest)
+        } else {
+            None
+        }
+    }
+
+    /// Routes a normalised path and method.
+    pub fn route(&self, path: &str, method: &str) -> Result<Route, Miss> {
+        let Some(api) = self.apis.iter().find(|a| Self::strip_context(&a.context, path).is_some()) else {
+            return Err(Miss::NotFound);
+        };
+        let resource = Self::strip_context(&api.context, path).unwrap_or("/");
+        let segs: Vec<&str> = split(resource).collect();
+        // Most specific template: compare literal-vs-param left to right.
+        let mut best: Option<(usize, &Template)> = None;
+        for (ti, t) in api.templates.iter().enumerate() {
+            if t.segments.len() != segs.len() {
+                continue;
+            }
+            let matches = t.segments.iter().zip(&segs).all(|(s, p)| match s {
+                Segment::Literal(l) => l == p,
+                Segment::Param => true,
+            });
+            if !matches {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((_, b)) => specificity(t) > specificity(b),
+            };
+            if better {
+                best = Some((ti, t));
+            }
+        }
+        let Some((ti, t)) = best else { return Err(Miss::NotFound) };
+        let Some(m) = Method::parse(method).filter(|_| method.bytes().all(|b| b.is_ascii_uppercase())) else {
+            return Err(Miss::MethodNotAllowed { api: api.api, path_template: ti });
+        };
+        match t.by_method.iter().find(|(tm, _)| *tm == m) {
+            Some(&(_, op)) => Ok(Route { api: api.api, operation: op }),
+            None => Err(Miss::MethodNotAllowed { api: api.api, path_template: ti }),
+        }
+    }
+
+    /// The methods allowed on a template, for an `Allow` header.
+    pub fn allowed(&self, api: usize, path_template: usize) -> Vec<&'static str> {
+        self.apis
+            .iter()
+            .find(|a| a.api == api)
+            .and_then(|a| a.templates.get(path_template))
+            .map(|t| t.by_method.iter().map(|(m, _)| m.as_str()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Literal segments as high bits from the left: `/a/{x}` beats `/{x}/b`.
+fn specificity(t: &Template) -> u128 {
+    t.segments
+        .iter()
+        .take(127)
+        .fold(0u128, |acc, s| (acc << 1) | u128::from(matches!(s, Segment::Literal(_))))
+}
+
+fn templates(api: &Api) -> Vec<Template> {
+    let mut out: Vec<Template> = Vec::new();
+    for (i, op) in api.operations.iter().enumerate() {
+        let segments: Vec<Segment> = split(&op.path)
+            .map(|s| if s.starts_with('{') { Segment::Param } else { Segment::Literal(s.to_owned()) })
+            .collect();
+        match out.iter_mut().find(|t| t.segments == segments) {
+            Some(t) => t.by_method.push((op.method, i)),
+            None => out.push(Template { segments, by_method: vec![(op.method, i)] }),
+        }
+    }
+    out
+}
+
+/// The operation a route points at.
+pub fn operation(manifest: &Manifest, route: Route) -> Option<(&Api, &Operation)> {
+    let api = manifest.apis.get(route.api)?;
+    Some((api, api.operations.get(route.operation)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::model::*;
+
+    #[test]
+    fn normalisation() {
+        let ok = [
+            ("/", "/"),
+            ("//a///b/", "/a/b"),
+            ("/a/./b/../c", "/a/c"),
+            ("/../../a", "/a"),
+            ("/%61%62c", "/abc"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2e%2e/b", "/a../b"),
+            ("/x/%2E%2E/y", "/y"),
+            ("/a%20b", "/a%20b"),
+            ("/a%2f", "/a%2F"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+        assert_eq!(normalize_path("a/b"), Err(PathError::NotOrigin));
+        assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEncoding));
+        assert_eq!(normalize_path("/a%0"), Err(PathError::BadEncoding));
+        assert_eq!(normalize_path("/a%00b"), Err(PathError::BadEncoding));
+        assert_eq!(normalize_path(&"/a".repeat(3000)), Err(PathError::TooLong));
+    }
+
+    fn op(method: Method, path: &str) -> Operation {
+        Operation {
+            method,
+            path: path.into(),
+            tier: None,
+            disable_security: false,
+            scopes: vec![],
+            production: None,
+            sandbox: None,
+        }
+    }
+
+    fn api(context: &str, ops: Vec<Operation>) -> Api {
+        Api {
+            name: context.into(),
+            version: "1".into(),
+            context: context.into(),
+            tier: None,
+            disable_security: false,
+            auth_header: None,
+            production: Some(Endpoints {
+                kind: EndpointKind::Single,
+                urls: vec!["http://127.0.0.1:1".into()],
+            }),
+            sandbox: None,
+            cors: None,
+            operations: ops,
+        }
+    }
+
+    #[test]
+    fn longest_context_then_template_then_method() {
+        let m = Manifest {
+            label: String::new(),
+            serial: 1,
+            created_at: 0,
+            issuers: vec![],
+            policies: vec![],
+            apis: vec![
+                api("/shop", vec![op(Method::Get, "/"), op(Method::Get, "/v2/x")]),
+                api("/shop/v2", vec![op(Method::Get, "/x"), op(Method::Post, "/x")]),
+                api(
+                    "/p",
+                    vec![
+                        op(Method::Get, "/order/{id}"),
+                        op(Method::Get, "/order/latest"),
+                        op(Method::Delete, "/order/{id}"),
+                        op(Method::Get, "/{a}/b"),
+                        op(Method::Get, "/a/{b}"),
+                    ],
+                ),
+            ],
+            revoked_jti: vec![],
+        };
+        let r = Router::new(&m);
+        assert_eq!(r.route("/shop/v2/x", "GET"), Ok(Route { api: 1, operation: 0 }));
+        assert_eq!(r.route("/shop/v2/x", "POST"), Ok(Route { api: 1, operation: 1 }));
+        assert_eq!(r.route("/shop", "GET"), Ok(Route { api: 0, operation: 0 }));
+        assert_eq!(r.route("/shopping", "GET"), Err(Miss::NotFound));
+        assert_eq!(r.route("/p/order/latest", "GET"), Ok(Route { api: 2, operation: 1 }));
+        assert_eq!(r.route("/p/order/42", "GET"), Ok(Route { api: 2, operation: 0 }));
+        assert_eq!(r.route("/p/order/42", "DELETE"), Ok(Route { api: 2, operation: 2 }));
+        assert_eq!(r.route("/p/a/b", "GET"), Ok(Route { api: 2, operation: 4 }), "left literal wins");
+        let miss = r.route("/p/order/42", "PUT").expect_err("405");
+        let Miss::MethodNotAllowed { api, path_template } = miss else { panic!("{miss:?}") };
+        assert_eq!(r.allowed(api, path_template), ["GET", "DELETE"]);
+        assert_eq!(r.route("/p/order/42", "get"), Err(miss), "methods are case-sensitive");
+        assert_eq!(r.route("/p/order", "GET"), Err(Miss::NotFound));
+        assert_eq!(r.route("/nope", "GET"), Err(Miss::NotFound));
+    }
+}

@@ -1,0 +1,943 @@
+//! The data plane: listeners, the request pipeline, the admin endpoints, reload and shutdown.
+//!
+//! ```text
+//! accept (connection limit, TCP_NODELAY, TLS) ─► guard (smuggling shapes → 400 + close)
+//!   ─► hyper HTTP/1.1 (head timeout, head size → 431) ─► Gateway::handle:
+//!        normalise path ─► route (404/405) ─► token (401/403) ─► throttle (429/500)
+//!        ─► forward (502/504) ─► response ─► usage record when the body ends
+//! ```
+//!
+//! [`Gateway::fault`] is the one place a refusal becomes a status, a fault body and a metric.
+//! The bundle in force is an [`Active`] behind an `Arc`: a reload builds a new one and swaps the
+//! pointer, so requests in flight finish on the bundle they started with.
+
+pub mod body;
+pub mod guard;
+pub mod metrics;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use smol::Executor;
+use smol::net::TcpListener;
+use smol_hyper::rt::{FuturesIo, SmolTimer};
+
+use crate::bundle::model::{Api, Endpoints, Operation};
+use crate::bundle::{self, Bundle};
+use crate::config::Config;
+use crate::router::{self, Miss, Router};
+use crate::state::StateStore;
+use crate::throttle::{self, Caller, Decision, Throttle};
+use crate::token::{self, KeyType, Principal, TokenError, Validator};
+
+pub use body::{BoxError, ProxyBody};
+use body::{Meter, Metered, full};
+use metrics::Metrics;
+use upstream::{UpstreamError, Upstreams};
+
+/// Why the gateway could not start or reload. One line each, for the operator.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Everything derived from one verified bundle.
+pub struct Active {
+    pub bundle: Bundle,
+    router: Router,
+    validator: Validator,
+    throttle: Throttle,
+    clock: token::Clock,
+}
+
+impl std::fmt::Debug for Active {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Active").field("serial", &self.bundle.serial()).finish_non_exhaustive()
+    }
+}
+
+impl Active {
+    /// Builds routes, validator and throttle for a verified bundle.
+    pub fn new(bundle: Bundle, config: &Config, persisted_floor: u64) -> Result<Active, StartError> {
+        let m = bundle.manifest();
+        let validator = Validator::new(
+            m,
+            &token::ValidatorConfig {
+                clock_skew_s: config.auth.clock_skew_s,
+                cache_capacity: config.auth.token_cache_entries as usize,
+            },
+        );
+        let entries = config.throttle.table_entries as usize;
+        let throttle = Throttle::new(
+            m,
+            &throttle::ThrottleConfig {
+                subscription_entries: entries,
+                application_entries: entries,
+                unauthenticated_entries: entries,
+            },
+        )
+        .map_err(|e| StartError(format!("throttling: {e}")))?;
+        let clock = token::Clock::new(token::SystemTime, m.created_at, persisted_floor);
+        Ok(Active { router: Router::new(m), validator, throttle, clock, bundle })
+    }
+}
+
+/// What a request's usage record says, filled along the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub api: String,
+    pub api_version: String,
+    pub context: String,
+    pub resource: String,
+    pub method: String,
+    pub status: u16,
+    pub app_id: String,
+    pub app_name: String,
+    pub subscriber: String,
+    pub keytype: String,
+    pub tier: String,
+    pub throttled: bool,
+    pub over_quota: bool,
+    pub error_code: Option<u32>,
+    pub latency_ms: f64,
+    pub backend_latency_ms: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub client_ip: String,
+    pub bundle_serial: u64,
+}
+
+/// Where usage records go (the usage spooler, or nowhere).
+pub trait UsageSink: Send + Sync {
+    fn record(&self, record: UsageRecord);
+    /// Extra `/metrics` samples: (name with labels, type, help, value).
+    fn metrics(&self) -> Vec<(String, &'static str, &'static str, u64)> {
+        Vec::new()
+    }
+    /// Flushes and closes what it holds (at shutdown, after requests drained).
+    fn shutdown(&self) {}
+}
+
+/// The running gateway, shared by every connection.
+pub struct Gateway {
+    pub config: Config,
+    trusted: Vec<ed25519_dalek::VerifyingKey>,
+    active: RwLock<Arc<Active>>,
+    state: StateStore,
+    pub metrics: Metrics,
+    upstreams: Arc<Upstreams>,
+    usage: Option<Box<dyn UsageSink>>,
+    ready: AtomicBool,
+    request_seq: AtomicU64,
+    request_prefix: String,
+    reload_lock: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// The outcome of [`prepare`]: a verified bundle accepted by the rollback rules.
+#[derive(Debug)]
+pub struct Prepared {
+    pub trusted: Vec<ed25519_dalek::VerifyingKey>,
+    pub bundle: Bundle,
+    pub state: Option<StateStore>,
+    /// The persisted clock floor (0 when the state store was not opened).
+    pub floor: u64,
+}
+
+/// Start-up up to (not including) the listeners, exactly as `run` and `check` share it:
+/// trusted keys → bundle read and verified → rollback checked. With `accept`, the bundle is
+/// recorded as the new mark (`run`); without, only checked (`check`).
+pub fn prepare(config: &Config, accept: bool) -> Result<Prepared, StartError> {
+    let trusted = config
+        .bundle
+        .trusted_keys
+        .iter()
+        .map(|p| crate::keys::load_verifying_key(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError(format!("trusted key: {e}")))?;
+    let path = &config.bundle.path;
+    let bytes = bundle::read_file(path).map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
+    let bundle = bundle::verify(&bytes, &trusted)
+        .map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
+    let state = match StateStore::open(&config.state.dir) {
+        Ok(s) => Some(s),
+        Err(e) if !accept => {
+            log::warn!("rollback not checked: {e}");
+            None
+        }
+        Err(e) => return Err(StartError(e.to_string())),
+    };
+    let mut floor = 0;
+    if let Some(s) = &state {
+        let hash = bundle.payload_sha256();
+        if accept {
+            s.accept_bundle(bundle.serial(), &hash)
+                .map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
+            floor =
+                s.raise_clock_floor(bundle.manifest().created_at).map_err(|e| StartError(e.to_string()))?;
+        } else {
+            s.check_rollback(bundle.serial(), &hash)
+                .map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
+            floor = s.clock_floor().map_err(|e| StartError(e.to_string()))?;
+        }
+    }
+    Ok(Prepared { trusted, bundle, state, floor })
+}
+
+fn fault_body(code: u32, message: &str, description: &str) -> Bytes {
+    let v = serde_json::json!({"fault": {"code": code, "message": message, "description": description}});
+    Bytes::from(v.to_string())
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(h);
+    }
+    headers.remove(HeaderName::from_static("proxy-connection"));
+}
+
+/// A refusal on the request path, mapped to status, fault code and metric in [`Gateway::fault`].
+enum Refusal {
+    BadPath(router::PathError),
+    NotFound,
+    MethodNotAllowed(Vec<&'static str>),
+    Token(TokenError),
+    /// A valid token whose key type has no endpoint on this API.
+    NoEndpointForKeyType(KeyType),
+    Throttled(throttle::Throttled),
+    ThrottleFailed(throttle::Unchecked),
+    BodyTooLarge,
+    Upstream(UpstreamError),
+    NotReady,
+}
+
+impl Gateway {
+    pub fn new(
+        config: Config,
+        prepared: Prepared,
+        executor: Arc<Executor<'static>>,
+        usage: Option<Box<dyn UsageSink>>,
+    ) -> Result<Gateway, StartError> {
+        let state = match prepared.state {
+            Some(s) => s,
+            None => StateStore::open(&config.state.dir).map_err(|e| StartError(e.to_string()))?,
+        };
+        let active = Active::new(prepared.bundle, &config, prepared.floor)?;
+        let upstreams = Arc::new(Upstreams::new(
+            executor,
+            config.server.backend_pool_size as usize,
+            Duration::from_millis(config.server.backend_connect_timeout_ms),
+            Duration::from_millis(config.server.backend_timeout_ms),
+        ));
+        let metrics = Metrics::default();
+        metrics.bundle_serial.store(active.bundle.serial(), Ordering::Relaxed);
+        metrics.clock_floor_seconds.store(active.clock.floor().0, Ordering::Relaxed);
+        let mut prefix = [0u8; 4];
+        getrandom::getrandom(&mut prefix).map_err(|e| StartError(format!("randomness: {e}")))?;
+        Ok(Gateway {
+            config,
+            trusted: prepared.trusted,
+            active: RwLock::new(Arc::new(active)),
+            state,
+            metrics,
+            upstreams,
+            usage,
+            ready: AtomicBool::new(true),
+            request_seq: AtomicU64::new(0),
+            request_prefix: crate::keys::hex(&prefix),
+            reload_lock: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// The bundle in force.
+    pub fn active(&self) -> Arc<Active> {
+        match self.active.read() {
+            Ok(a) => Arc::clone(&a),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Whether a verified bundle is active and the gateway is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the gateway as draining: `/readyz` turns 503.
+    pub fn set_draining(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    /// Flushes the usage sink (at shutdown).
+    pub fn shutdown_usage(&self) {
+        if let Some(u) = &self.usage {
+            u.shutdown();
+        }
+    }
+
+    /// Verifies `bytes` as a new bundle and, if it is newer, makes it active: rollback-checked,
+    /// recorded in the state store, installed at `bundle.path` when `install`, then swapped in
+    /// for new requests. On any failure the bundle in force stays. Returns the new serial, or
+    /// `None` when the bundle is the one already active.
+    pub fn reload_from(&self, bytes: &[u8], install: bool) -> Result<Option<u64>, StartError> {
+        let _one_at_a_time =
+            self.reload_lock.lock().map_err(|_| StartError("reload lock poisoned".into()))?;
+        let result = (|| {
+            let bundle = bundle::verify(bytes, &self.trusted).map_err(|e| StartError(e.to_string()))?;
+            let current = self.active();
+            if bundle.serial() == current.bundle.serial()
+                && bundle.payload_sha256() == current.bundle.payload_sha256()
+            {
+                return Ok(None);
+            }
+            let hash = bundle.payload_sha256();
+            self.state.check_rollback(bundle.serial(), &hash).map_err(|e| StartError(e.to_string()))?;
+            let floor = self.state.clock_floor().map_err(|e| StartError(e.to_string()))?;
+            let active = Active::new(bundle, &self.config, floor)?;
+            if install {
+                crate::toolkit::write_atomically(&self.config.bundle.path, bytes).map_err(|e| {
+                    StartError(format!("installing at {}: {e}", self.config.bundle.path.display()))
+                })?;
+            }
+            self.state.accept_bundle(active.bundle.serial(), &hash).map_err(|e| StartError(e.to_string()))?;
+            let _ = self.state.raise_clock_floor(active.bundle.manifest().created_at);
+            let serial = active.bundle.serial();
+            self.metrics.bundle_serial.store(serial, Ordering::Relaxed);
+            self.metrics.clock_floor_seconds.store(active.clock.floor().0, Ordering::Relaxed);
+            match self.active.write() {
+                Ok(mut a) => *a = Arc::new(active),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(active),
+            }
+            Ok(Some(serial))
+        })();
+        match &result {
+            Ok(Some(_)) => {
+                self.metrics.bundle_reloads_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(_) => {
+                self.metrics.bundle_reloads_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Persists the clock floor (the current time, floored): called periodically and at shutdown,
+    /// so a device rebooting without a clock starts from the last time it knew.
+    pub fn persist_clock(&self) {
+        let now = self.active().clock.now().now;
+        if let Err(e) = self.state.raise_clock_floor(now) {
+            log::warn!("clock floor not persisted: {e}");
+        }
+    }
+
+    fn next_request_id(&self) -> String {
+        format!("{}-{:x}", self.request_prefix, self.request_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The one place a refusal becomes a response and a metric.
+    fn fault(&self, refusal: &Refusal, record: &mut UsageRecord) -> Response<ProxyBody> {
+        let (status, code, message, description): (u16, u32, &str, String) = match refusal {
+            Refusal::BadPath(e) => (400, 900906, "Bad Request", e.to_string()),
+            Refusal::NotFound => (
+                404,
+                900906,
+                "No matching resource found for given API Request",
+                "the method and path match no API resource".into(),
+            ),
+            Refusal::MethodNotAllowed(_) => {
+                (405, 900906, "Method not allowed", "the resource does not accept this method".into())
+            }
+            Refusal::Token(e) => {
+                self.metrics.auth_failure(e.reason());
+                let message = match e.fault_code() {
+                    900902 => "Missing Credentials",
+                    900903 => "Invalid Credentials",
+                    900908 => "Resource forbidden",
+                    900910 => "The access token does not allow you to access the requested resource",
+                    _ => "Invalid Credentials",
+                };
+                (e.http_status(), e.fault_code(), message, e.to_string())
+            }
+            Refusal::NoEndpointForKeyType(k) => {
+                self.metrics.auth_failure("no_endpoint_for_keytype");
+                (403, 900908, "Resource forbidden", format!("this API has no {} endpoint", k.as_str()))
+            }
+            Refusal::Throttled(t) => {
+                self.metrics.throttled(t.level.reason());
+                record.throttled = true;
+                (429, t.level.fault_code(), "Message throttled out", "You have exceeded your quota".into())
+            }
+            Refusal::ThrottleFailed(u) => {
+                (throttle::FAIL_STATUS, throttle::FAIL_CODE, "Internal Server Error", u.to_string())
+            }
+            Refusal::BodyTooLarge => (
+                413,
+                900906,
+                "Payload Too Large",
+                format!("request body larger than {} bytes", self.config.server.max_body_bytes),
+            ),
+            Refusal::Upstream(UpstreamError::Timeout) => {
+                self.metrics.backend_timeouts.fetch_add(1, Ordering::Relaxed);
+                (504, 101504, "Gateway Timeout", "the backend did not answer in time".into())
+            }
+            Refusal::Upstream(e) => {
+                self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
+                (502, 101503, "Runtime Error", e.to_string())
+            }
+            Refusal::NotReady => (503, 101503, "Service Unavailable", "no verified bundle is active".into()),
+        };
+        record.status = status;
+        record.error_code = Some(code);
+        let mut resp = Response::new(full(fault_body(code, message, &description)));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if status == 401 {
+            // RFC 6750 §3: error="invalid_token" only when a token was presented.
+            let presented = !matches!(refusal, Refusal::Token(TokenError::Missing));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(if presented { "Bearer error=\"invalid_token\"" } else { "Bearer" }),
+            );
+        }
+        if let Refusal::MethodNotAllowed(allowed) = refusal {
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                h.insert(header::ALLOW, v);
+            }
+        }
+        if let Refusal::Throttled(t) = refusal {
+            if let Some(rl) = Decision::Throttle(t.clone()).headers(true) {
+                for (name, value) in rl.fields() {
+                    if let Ok(v) = HeaderValue::from_str(value) {
+                        h.insert(HeaderName::from_static(name_lower(name)), v);
+                    }
+                }
+            }
+        }
+        resp
+    }
+
+    /// Handles one request end to end.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        self.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        let active = self.active();
+        let mut record = UsageRecord {
+            request_id: self.next_request_id(),
+            method: req.method().as_str().to_owned(),
+            client_ip: peer.ip().to_string(),
+            bundle_serial: active.bundle.serial(),
+            ..UsageRecord::default()
+        };
+        let result = self.pipeline(&active, req, peer, tls, &mut record).await;
+        let mut response = match result {
+            Ok(resp) => resp,
+            Err(refusal) => self.fault(&refusal, &mut record),
+        };
+        if let Ok(v) = HeaderValue::from_str(&record.request_id) {
+            response.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+        }
+        record.status = response.status().as_u16();
+        self.metrics.request(if record.api.is_empty() { "none" } else { &record.api }, record.status);
+        // The usage record is written when the response body has been sent (or dropped).
+        let gw = Arc::clone(&self);
+        let done: Box<dyn FnOnce(u64) + Send> = Box::new(move |bytes| {
+            record.response_bytes = bytes;
+            record.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+            gw.metrics.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(u) = &gw.usage {
+                u.record(record);
+            }
+        });
+        let (parts, body) = response.into_parts();
+        let metered = Metered::new(body, u64::MAX, Arc::new(Meter::default()), Some(done));
+        Response::from_parts(parts, metered.boxed_unsync())
+    }
+
+    async fn pipeline(
+        &self,
+        active: &Active,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+        record: &mut UsageRecord,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        if !self.is_ready() {
+            return Err(Refusal::NotReady);
+        }
+        let manifest = active.bundle.manifest();
+        let path = router::normalize_path(req.uri().path()).map_err(Refusal::BadPath)?;
+        let route = active.router.route(&path, req.method().as_str()).map_err(|miss| match miss {
+            Miss::NotFound => Refusal::NotFound,
+            Miss::MethodNotAllowed { api, path_template } => {
+                Refusal::MethodNotAllowed(active.router.allowed(api, path_template))
+            }
+        })?;
+        let Some((api, op)) = router::operation(manifest, route) else { return Err(Refusal::NotFound) };
+        let resource = Router::strip_context(&api.context, &path).unwrap_or("/").to_owned();
+        record.api = api.name.clone();
+        record.api_version = api.version.clone();
+        record.context = api.context.clone();
+        record.resource = op.path.clone();
+
+        // Authenticate.
+        let reading = active.clock.now();
+        let auth_header: HeaderName = match &api.auth_header {
+            Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or(header::AUTHORIZATION),
+            None => header::AUTHORIZATION,
+        };
+        let mut raw_token = String::new();
+        let principal: Option<Principal> = if op.disable_security {
+            None
+        } else {
+            let value = req.headers().get(&auth_header).and_then(|v| v.to_str().ok());
+            let token = match value {
+                None => return Err(Refusal::Token(TokenError::Missing)),
+                Some(v) => token::bearer_token(v).ok_or(Refusal::Token(TokenError::Missing))?,
+            };
+            let p = active.validator.validate(token, api, op, reading.now).map_err(Refusal::Token)?;
+            raw_token = token.to_owned();
+            let t = p.token();
+            record.subscriber = t.subject.clone();
+            record.keytype = t.key_type.as_str().to_owned();
+            if let Some(app) = &t.application {
+                record.app_id = app.id.clone().unwrap_or_default();
+                record.app_name = app.name.clone().unwrap_or_default();
+            }
+            record.tier = p.subscription_tier().unwrap_or_default().to_owned();
+            Some(p)
+        };
+
+        // Throttle, before anything is forwarded.
+        let caller = match &principal {
+            None => Caller::Anonymous { client_ip: peer.ip() },
+            Some(p) => Caller::Token {
+                app_id: p.token().application.as_ref().and_then(|a| a.id.as_deref()).unwrap_or(""),
+                subject: &p.token().subject,
+                application_tier: p.application_tier(),
+                subscription_tier: p.subscription_tier(),
+            },
+        };
+        let decision = active.throttle.check(
+            &throttle::Request { api: route.api, operation: route.operation, caller },
+            now_ms(reading.now),
+        );
+        let ratelimit = decision.headers(self.config.server.ratelimit_headers);
+        match decision {
+            Decision::Allow(a) => record.over_quota = a.over_quota,
+            Decision::Throttle(t) => return Err(Refusal::Throttled(t)),
+            Decision::Fail(u) => return Err(Refusal::ThrottleFailed(u)),
+        }
+
+        // Forward.
+        let key_type = principal.as_ref().map_or(KeyType::Production, |p| p.token().key_type);
+        let endpoints = pick_endpoints(api, op, key_type).ok_or(Refusal::NoEndpointForKeyType(key_type))?;
+        let max_body = self.config.server.max_body_bytes;
+        if let Some(len) =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            if len > max_body {
+                return Err(Refusal::BodyTooLarge);
+            }
+        }
+        let (mut parts, incoming) = req.into_parts();
+        let host = parts.headers.get(header::HOST).cloned();
+        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let resource_and_query = if resource == "/" && endpoints_have_path(endpoints) {
+            // `/ctx` → `http://backend/base` rather than `http://backend/base/`.
+            query.clone()
+        } else {
+            format!("{resource}{query}")
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        let h = &mut parts.headers;
+        h.remove(&auth_header);
+        h.remove(header::AUTHORIZATION);
+        // The backend gets the validated token, never a client-supplied assertion.
+        h.remove(HeaderName::from_static("x-jwt-assertion"));
+        if principal.is_some() {
+            if let Ok(v) = HeaderValue::from_str(&raw_token) {
+                h.insert(HeaderName::from_static("x-jwt-assertion"), v);
+            }
+        }
+        let xff_name = HeaderName::from_static("x-forwarded-for");
+        let xff = match h.get(&xff_name).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(xff_name, v);
+        }
+        h.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+        if let Some(host) = host {
+            h.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        if let Ok(v) = HeaderValue::from_str(&record.request_id) {
+            h.insert(HeaderName::from_static("x-request-id"), v);
+        }
+        let meter = Arc::new(Meter::default());
+        let body = Metered::new(incoming, max_body, Arc::clone(&meter), None).boxed_unsync();
+        let mut upstream_req = Request::from_parts(parts, body);
+        *upstream_req.version_mut() = hyper::Version::HTTP_11;
+        let sent = Instant::now();
+        let result = self.upstreams.send(endpoints, &resource_and_query, upstream_req).await;
+        record.request_bytes = meter.bytes.load(Ordering::Relaxed);
+        let resp = match result {
+            Ok(r) => r,
+            Err(_) if meter.over_limit.load(Ordering::Relaxed) => return Err(Refusal::BodyTooLarge),
+            Err(e) => {
+                log::warn!("{} {}: {e}", record.method, path);
+                return Err(Refusal::Upstream(e));
+            }
+        };
+        record.backend_latency_ms = Some(sent.elapsed().as_secs_f64() * 1000.0);
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(rl) = ratelimit {
+            for (name, value) in rl.fields() {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    parts.headers.insert(HeaderName::from_static(name_lower(name)), v);
+                }
+            }
+        }
+        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()))
+    }
+
+    /// The admin endpoints: `/healthz`, `/readyz`, `/metrics`.
+    pub fn admin(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let json = |status: StatusCode, body: &str| {
+            let mut r = Response::new(full(body.to_owned()));
+            *r.status_mut() = status;
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        };
+        if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+            return json(StatusCode::METHOD_NOT_ALLOWED, r#"{"status":"method not allowed"}"#);
+        }
+        match req.uri().path() {
+            "/healthz" => json(StatusCode::OK, r#"{"status":"healthy"}"#),
+            "/readyz" if self.is_ready() => {
+                let a = self.active();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ready", "bundle_serial": a.bundle.serial()}).to_string(),
+                )
+            }
+            "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
+            "/metrics" => {
+                let mut r = Response::new(full(self.render_metrics()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            _ => json(StatusCode::NOT_FOUND, r#"{"status":"not found"}"#),
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        let active = self.active();
+        let t = active.throttle.metrics(now_ms(active.clock.now().now));
+        let (cached, capacity) = active.validator.cache_usage();
+        let mut extra: Vec<(String, &'static str, &'static str, u64)> = vec![
+            (
+                "gatelet_throttle_memory_bytes".into(),
+                "gauge",
+                "Memory held by throttling tables.",
+                t.bytes as u64,
+            ),
+            ("gatelet_token_cache_entries".into(), "gauge", "Verified tokens cached.", cached as u64),
+            (
+                "gatelet_token_cache_capacity".into(),
+                "gauge",
+                "Capacity of the verified-token cache.",
+                capacity as u64,
+            ),
+            (
+                "gatelet_backend_idle_connections".into(),
+                "gauge",
+                "Pooled idle backend connections.",
+                self.upstreams.idle() as u64,
+            ),
+        ];
+        for table in &t.tables {
+            extra.push((
+                format!(
+                    "gatelet_throttle_table_entries{{table=\"{}\",state=\"live\"}}",
+                    table.level.as_str()
+                ),
+                "gauge",
+                "Throttling table entries, by table and state.",
+                table.live as u64,
+            ));
+            extra.push((
+                format!(
+                    "gatelet_throttle_table_entries{{table=\"{}\",state=\"capacity\"}}",
+                    table.level.as_str()
+                ),
+                "gauge",
+                "Throttling table entries, by table and state.",
+                table.capacity as u64,
+            ));
+            extra.push((
+                format!("gatelet_throttle_table_full_total{{table=\"{}\"}}", table.level.as_str()),
+                "counter",
+                "New keys refused because their throttling table was full.",
+                table.full,
+            ));
+        }
+        if let Some(u) = &self.usage {
+            extra.extend(u.metrics());
+        }
+        let borrowed: Vec<(&str, &str, &str, u64)> =
+            extra.iter().map(|(n, k, h, v)| (n.as_str(), *k, *h, *v)).collect();
+        self.metrics.render(&borrowed)
+    }
+}
+
+fn name_lower(name: &'static str) -> &'static str {
+    match name {
+        throttle::RATELIMIT_POLICY => "ratelimit-policy",
+        throttle::RATELIMIT => "ratelimit",
+        _ => "retry-after",
+    }
+}
+
+fn now_ms(now_s: u64) -> u64 {
+    // The validator's clock is in whole seconds; sub-second precision comes from the wall clock
+    // when it agrees with the floored time.
+    let wall =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let wall = u64::try_from(wall).unwrap_or(u64::MAX);
+    if wall / 1000 == now_s { wall } else { now_s.saturating_mul(1000) }
+}
+
+fn endpoints_have_path(e: &Endpoints) -> bool {
+    e.urls.iter().any(|u| bundle::model::EndpointUrl::parse(u).is_ok_and(|u| !u.path.is_empty()))
+}
+
+/// The endpoint list for a request: the operation's, else the API's; production or sandbox by
+/// the token's key type.
+fn pick_endpoints<'a>(api: &'a Api, op: &'a Operation, key_type: KeyType) -> Option<&'a Endpoints> {
+    match key_type {
+        KeyType::Production => op.production.as_ref().or(api.production.as_ref()),
+        KeyType::Sandbox => op.sandbox.as_ref().or(api.sandbox.as_ref()),
+    }
+}
+
+/// A shutdown signal every task can wait on: closing the channel wakes all receivers.
+#[derive(Debug, Clone)]
+pub struct Shutdown(smol::channel::Receiver<()>);
+
+/// The sending half of [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownTrigger(smol::channel::Sender<()>);
+
+impl Shutdown {
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = smol::channel::bounded(1);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// Resolves when shutdown was triggered.
+    pub async fn wait(&self) {
+        let _ = self.0.recv().await;
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.0.close();
+    }
+}
+
+/// The listeners' TLS identity: PEM certificate chain and PKCS#8 key; TLS 1.2 or newer only.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<async_native_tls::TlsAcceptor, StartError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| StartError(format!("{}: {e}", p.display())));
+    let identity = async_native_tls::Identity::from_pkcs8(&read(cert)?, &read(key)?).map_err(|e| {
+        StartError(format!("TLS identity from {} and {}: {e}", cert.display(), key.display()))
+    })?;
+    let acceptor = native_tls_acceptor(identity)?;
+    Ok(acceptor)
+}
+
+fn native_tls_acceptor(
+    identity: async_native_tls::Identity,
+) -> Result<async_native_tls::TlsAcceptor, StartError> {
+    // async-native-tls exposes native-tls's builder through `From`.
+    let builder = native_tls::TlsAcceptor::builder(identity)
+        .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+        .build()
+        .map_err(|e| StartError(format!("TLS: {e}")))?;
+    Ok(builder.into())
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Http,
+    Https,
+    Admin,
+}
+
+/// Accepts connections on `listener` until shutdown, serving each with hyper on `executor`.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    role: Role,
+    tls: Option<async_native_tls::TlsAcceptor>,
+    executor: Arc<Executor<'static>>,
+    limit: Arc<smol::lock::Semaphore>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let permit = smol::future::or(async { Some(limit.acquire_arc().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        let Some(permit) = permit else { return };
+        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        let (stream, peer) = match accepted {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                log::warn!("accept: {e}");
+                smol::Timer::after(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("TCP_NODELAY: {e}");
+        }
+        let gw = Arc::clone(&gw);
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        executor
+            .spawn(async move {
+                gw.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+                gw.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+                match tls {
+                    None => connection(Arc::clone(&gw), stream, peer, role, shutdown).await,
+                    Some(acceptor) => {
+                        let timeout = Duration::from_millis(gw.config.server.header_read_timeout_ms);
+                        let handshake =
+                            smol::future::or(async { Some(acceptor.accept(stream).await) }, async {
+                                smol::Timer::after(timeout).await;
+                                None
+                            })
+                            .await;
+                        match handshake {
+                            Some(Ok(s)) => connection(Arc::clone(&gw), s, peer, role, shutdown).await,
+                            Some(Err(e)) => log::debug!("TLS handshake with {peer}: {e}"),
+                            None => log::debug!("TLS handshake with {peer}: timeout"),
+                        }
+                    }
+                }
+                gw.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            })
+            .detach();
+    }
+}
+
+async fn connection<S>(gw: Arc<Gateway>, stream: S, peer: SocketAddr, role: Role, shutdown: Shutdown)
+where
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &gw.config.server;
+    let io = FuturesIo::new(guard::Guarded::new(stream, cfg.max_header_bytes as usize));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(SmolTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        .max_buf_size((cfg.max_header_bytes as usize).max(8192))
+        .max_header_size(cfg.max_header_bytes as usize)
+        .keep_alive(true);
+    let svc_gw = Arc::clone(&gw);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let gw = Arc::clone(&svc_gw);
+        async move {
+            let resp = match role {
+                Role::Admin => gw.admin(&req),
+                Role::Http | Role::Https => gw.handle(req, peer, role == Role::Https).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    smol::pin!(conn);
+    let done = smol::future::or(async { Some(conn.as_mut().await) }, async {
+        shutdown.wait().await;
+        None
+    })
+    .await;
+    let result = match done {
+        Some(r) => r,
+        None => {
+            // Finish the request in flight (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        log::debug!("connection {peer}: {e}");
+    }
+}

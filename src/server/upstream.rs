@@ -1,0 +1,256 @@
+//! Forwarding to backends: hyper's HTTP/1.1 client on smol, a bounded keep-alive pool per
+//! backend, connect and response timeouts, failover and round-robin lists, HTTP and HTTPS.
+//!
+//! A connection returns to its pool only once its response has been read to the end (hyper's
+//! `SendRequest::ready` says so), so a pooled connection is always idle. Only a failed *connect* is
+//! retried on the next URL of a list: once a request has been sent, it may have had effects, and a
+//! gateway must not repeat it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
+use smol::Executor;
+use smol::net::TcpStream;
+use smol_hyper::rt::FuturesIo;
+
+use crate::bundle::model::{EndpointKind, EndpointUrl, Endpoints};
+
+use super::ProxyBody;
+
+/// Why a backend gave no response. The fault is the backend's (or the network's).
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No URL of the list accepted a connection in time: 502, 101503.
+    Unreachable(String),
+    /// The response head did not arrive in time: 504, 101504.
+    Timeout,
+    /// The connection failed after the request was sent: 502, 101503.
+    Failed(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Unreachable(e) => write!(f, "backend unreachable: {e}"),
+            UpstreamError::Timeout => f.write_str("backend did not answer in time"),
+            UpstreamError::Failed(e) => write!(f, "backend connection failed: {e}"),
+        }
+    }
+}
+
+type PoolKey = (bool, String, u16);
+
+/// Connections to every backend, shared by all requests (and kept across bundle swaps).
+pub struct Upstreams {
+    pools: Mutex<HashMap<PoolKey, Vec<SendRequest<ProxyBody>>>>,
+    pool_size: usize,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    /// Round-robin position, shared by all load-balanced lists (fair enough, and one atomic).
+    next: AtomicUsize,
+    executor: Arc<Executor<'static>>,
+    tls: async_native_tls::TlsConnector,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams").field("pool_size", &self.pool_size).finish_non_exhaustive()
+    }
+}
+
+impl Upstreams {
+    pub fn new(
+        executor: Arc<Executor<'static>>,
+        pool_size: usize,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Upstreams {
+        Upstreams {
+            pools: Mutex::new(HashMap::new()),
+            pool_size,
+            connect_timeout,
+            response_timeout,
+            next: AtomicUsize::new(0),
+            executor,
+            tls: async_native_tls::TlsConnector::new()
+                .min_protocol_version(Some(async_native_tls::Protocol::Tlsv12)),
+        }
+    }
+
+    /// Idle pooled connections (for metrics).
+    pub fn idle(&self) -> usize {
+        self.pools.lock().map(|p| p.values().map(Vec::len).sum()).unwrap_or(0)
+    }
+
+    fn take_idle(&self, key: &PoolKey) -> Option<SendRequest<ProxyBody>> {
+        let mut pools = self.pools.lock().ok()?;
+        let list = pools.get_mut(key)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put_idle(self: &Arc<Self>, key: PoolKey, mut sender: SendRequest<ProxyBody>) {
+        // Wait until the response has been read to the end, then offer the connection back.
+        let this = Arc::clone(self);
+        self.executor
+            .spawn(async move {
+                if sender.ready().await.is_ok() {
+                    if let Ok(mut pools) = this.pools.lock() {
+                        let list = pools.entry(key).or_default();
+                        if list.len() < this.pool_size {
+                            list.push(sender);
+                        }
+                    }
+                }
+            })
+            .detach();
+    }
+
+    async fn connect(&self, url: &EndpointUrl) -> Result<SendRequest<ProxyBody>, String> {
+        let addr = (url.host.as_str(), url.port);
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            Ok::<_, String>(tcp)
+        };
+        let tcp = smol::future::or(connect, async {
+            smol::Timer::after(self.connect_timeout).await;
+            Err(format!("connect timeout after {} ms", self.connect_timeout.as_millis()))
+        })
+        .await?;
+        if url.tls {
+            let tls = smol::future::or(
+                async { self.tls.connect(url.host.as_str(), tcp).await.map_err(|e| format!("TLS: {e}")) },
+                async {
+                    smol::Timer::after(self.connect_timeout).await;
+                    Err("TLS handshake timeout".to_owned())
+                },
+            )
+            .await?;
+            self.handshake(tls).await
+        } else {
+            self.handshake(tcp).await
+        }
+    }
+
+    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<ProxyBody>, String>
+    where
+        S: smol::io::AsyncRead + smol::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(FuturesIo::new(stream)).await.map_err(|e| e.to_string())?;
+        self.executor
+            .spawn(async move {
+                if let Err(e) = conn.await {
+                    log::debug!("backend connection closed: {e}");
+                }
+            })
+            .detach();
+        Ok(sender)
+    }
+
+    /// Picks the URL order for one request: failover tries the list in order; load balancing
+    /// starts at the next position in the rotation.
+    fn order<'e>(&self, endpoints: &'e Endpoints) -> impl Iterator<Item = &'e String> {
+        let n = endpoints.urls.len();
+        let start = match endpoints.kind {
+            EndpointKind::LoadBalance => self.next.fetch_add(1, Ordering::Relaxed) % n.max(1),
+            EndpointKind::Single | EndpointKind::Failover => 0,
+        };
+        (0..n).map(move |i| &endpoints.urls[(start + i) % n])
+    }
+
+    /// Sends `request` to the first URL of `endpoints` that takes a connection, with the URI
+    /// set to the URL's path followed by `resource_and_query` and `Host` set to the URL's
+    /// authority. A pooled connection that turns out closed before the request left is replaced
+    /// by a fresh one; a request that left is never sent again.
+    pub async fn send(
+        self: &Arc<Self>,
+        endpoints: &Endpoints,
+        resource_and_query: &str,
+        request: hyper::Request<ProxyBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
+        let mut last_err = String::from("no endpoint");
+        let mut unsent = Some(request);
+        for raw in self.order(endpoints) {
+            let url = match EndpointUrl::parse(raw) {
+                Ok(u) => u,
+                Err(e) => {
+                    // The bundle's check makes this unreachable; keep going rather than panic.
+                    last_err = e;
+                    continue;
+                }
+            };
+            let key: PoolKey = (url.tls, url.host.clone(), url.port);
+            for fresh in [false, true] {
+                let pooled = if fresh { None } else { self.take_idle(&key) };
+                let mut sender = match pooled {
+                    Some(s) => s,
+                    None => match self.connect(&url).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            log::warn!("backend {raw}: {e}");
+                            last_err = format!("{raw}: {e}");
+                            break;
+                        }
+                    },
+                };
+                let Some(mut req) = unsent.take() else {
+                    return Err(UpstreamError::Failed("request already sent".into()));
+                };
+                if let Err(e) = retarget(&mut req, &url, resource_and_query) {
+                    return Err(UpstreamError::Failed(e));
+                }
+                let response = smol::future::or(async { Some(sender.try_send_request(req).await) }, async {
+                    smol::Timer::after(self.response_timeout).await;
+                    None
+                })
+                .await;
+                match response {
+                    None => return Err(UpstreamError::Timeout),
+                    Some(Ok(resp)) => {
+                        self.put_idle(key, sender);
+                        return Ok(resp);
+                    }
+                    Some(Err(mut e)) => match e.take_message() {
+                        // Not sent: the pooled connection was stale. Try a fresh one.
+                        Some(req) if !fresh => {
+                            log::debug!("pooled backend connection was closed; reconnecting");
+                            unsent = Some(req);
+                        }
+                        _ => return Err(UpstreamError::Failed(e.into_error().to_string())),
+                    },
+                }
+            }
+        }
+        Err(UpstreamError::Unreachable(last_err))
+    }
+}
+
+/// Points a request at `url`: origin-form URI (the URL's path, then the resource and query) and
+/// the `Host` header.
+fn retarget(
+    req: &mut hyper::Request<ProxyBody>,
+    url: &EndpointUrl,
+    resource_and_query: &str,
+) -> Result<(), String> {
+    let path = format!("{}{}", url.path, resource_and_query);
+    *req.uri_mut() = path.parse().map_err(|e| format!("bad backend URI {path:?}: {e}"))?;
+    let default_port = if url.tls { 443 } else { 80 };
+    let host = match (url.host.contains(':'), url.port == default_port) {
+        (true, true) => format!("[{}]", url.host),
+        (true, false) => format!("[{}]:{}", url.host, url.port),
+        (false, true) => url.host.clone(),
+        (false, false) => format!("{}:{}", url.host, url.port),
+    };
+    let value = hyper::header::HeaderValue::from_str(&host).map_err(|e| e.to_string())?;
+    req.headers_mut().insert(hyper::header::HOST, value);
+    Ok(())
+}

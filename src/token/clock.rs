@@ -1,0 +1,213 @@
+//! The validator's "now": the wall clock, never earlier than the best evidence of time.
+//!
+//! Many boards have no battery-backed clock and boot at 1970 (or at the image's build date)
+//! until NTP answers, which offline it may never do. Taken at face value, such a clock accepts
+//! every token that ever expired. So "now" is `max(wall clock, floor)`, where the floor is the
+//! newest time we have evidence for: the running bundle's `created_at` (it cannot have been
+//! built in the future of the device) and the floor persisted in the [`StateStore`]. Which floor
+//! was used is reported with every reading, so it can be logged and shown.
+//!
+//! The source of wall-clock time is injected ([`TimeSource`]), so tests drive time by hand.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bundle::Manifest;
+use crate::state::{StateError, StateStore};
+
+/// Where wall-clock time comes from.
+pub trait TimeSource: Send + Sync {
+    /// Seconds since the Unix epoch.
+    fn unix_now(&self) -> u64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemTime;
+
+impl TimeSource for SystemTime {
+    fn unix_now(&self) -> u64 {
+        // A clock before 1970 reads as 0; the floor then takes over.
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}
+
+/// A clock set by hand, for tests and the demo.
+#[derive(Debug, Default)]
+pub struct ManualTime(AtomicU64);
+
+impl ManualTime {
+    pub fn new(t: u64) -> Self {
+        ManualTime(AtomicU64::new(t))
+    }
+    pub fn set(&self, t: u64) {
+        self.0.store(t, Ordering::Relaxed);
+    }
+    pub fn advance(&self, seconds: u64) {
+        self.0.fetch_add(seconds, Ordering::Relaxed);
+    }
+}
+
+impl TimeSource for ManualTime {
+    fn unix_now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: TimeSource + ?Sized> TimeSource for Arc<T> {
+    fn unix_now(&self) -> u64 {
+        (**self).unix_now()
+    }
+}
+
+impl<T: TimeSource + ?Sized> TimeSource for Box<T> {
+    fn unix_now(&self) -> u64 {
+        (**self).unix_now()
+    }
+}
+
+/// Which evidence set the floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloorOrigin {
+    /// No evidence (both zero): the wall clock is taken as it is.
+    None,
+    /// The running bundle's `created_at`.
+    BundleCreated,
+    /// The floor persisted in the state store (newer than the bundle).
+    StateStore,
+}
+
+impl FloorOrigin {
+    /// A stable label for logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FloorOrigin::None => "none",
+            FloorOrigin::BundleCreated => "bundle_created_at",
+            FloorOrigin::StateStore => "state_store",
+        }
+    }
+}
+
+/// One reading of the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// What the validator uses: `max(wall, floor)`.
+    pub now: u64,
+    /// What the wall clock said.
+    pub wall: u64,
+    pub floor: u64,
+    pub origin: FloorOrigin,
+}
+
+impl Reading {
+    /// True when the wall clock was behind the floor and the floor was used instead.
+    pub fn floored(&self) -> bool {
+        self.wall < self.floor
+    }
+}
+
+/// Wall clock plus floor. Built once per bundle (the floor depends on it).
+#[derive(Debug)]
+pub struct Clock<S = SystemTime> {
+    source: S,
+    floor: u64,
+    origin: FloorOrigin,
+}
+
+impl<S: TimeSource> Clock<S> {
+    /// A clock whose floor is the larger of the bundle's creation time and the persisted floor.
+    pub fn new(source: S, bundle_created_at: u64, persisted_floor: u64) -> Self {
+        let (floor, origin) = if persisted_floor > bundle_created_at {
+            (persisted_floor, FloorOrigin::StateStore)
+        } else if bundle_created_at > 0 {
+            (bundle_created_at, FloorOrigin::BundleCreated)
+        } else {
+            (0, FloorOrigin::None)
+        };
+        Clock { source, floor, origin }
+    }
+
+    /// [`Clock::new`] with the floor read from the device's state store. Reads only; raising the
+    /// persisted floor is the daemon's decision (a wrong clock written there would stay).
+    pub fn from_state(source: S, manifest: &Manifest, state: &StateStore) -> Result<Self, StateError> {
+        Ok(Clock::new(source, manifest.created_at, state.clock_floor()?))
+    }
+
+    pub fn now(&self) -> Reading {
+        let wall = self.source.unix_now();
+        Reading { now: wall.max(self.floor), wall, floor: self.floor, origin: self.origin }
+    }
+
+    /// The floor in force and where it came from.
+    pub fn floor(&self) -> (u64, FloorOrigin) {
+        (self.floor, self.origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_from_the_newest_evidence() {
+        let c = Clock::new(ManualTime::new(0), 1_700_000_000, 0);
+        assert_eq!(c.floor(), (1_700_000_000, FloorOrigin::BundleCreated));
+        let c = Clock::new(ManualTime::new(0), 1_700_000_000, 1_800_000_000);
+        assert_eq!(c.floor(), (1_800_000_000, FloorOrigin::StateStore));
+        let c = Clock::new(ManualTime::new(0), 1_700_000_000, 1_600_000_000);
+        assert_eq!(c.floor(), (1_700_000_000, FloorOrigin::BundleCreated));
+        let c = Clock::new(ManualTime::new(5), 0, 0);
+        assert_eq!(c.floor(), (0, FloorOrigin::None));
+        assert!(!c.now().floored());
+    }
+
+    #[test]
+    fn a_board_booting_in_1970_uses_the_floor() {
+        let time = Arc::new(ManualTime::new(12));
+        let c = Clock::new(Arc::clone(&time), 1_700_000_000, 0);
+        let r = c.now();
+        assert_eq!(
+            r,
+            Reading {
+                now: 1_700_000_000,
+                wall: 12,
+                floor: 1_700_000_000,
+                origin: FloorOrigin::BundleCreated
+            }
+        );
+        assert!(r.floored());
+        // Once NTP (or an operator) sets the clock, it is used as is.
+        time.set(1_750_000_000);
+        let r = c.now();
+        assert_eq!((r.now, r.floored()), (1_750_000_000, false));
+        time.advance(10);
+        assert_eq!(c.now().now, 1_750_000_010);
+    }
+
+    #[test]
+    fn floor_read_from_the_state_store() {
+        let dir = std::env::temp_dir().join(format!("gatelet-clock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateStore::open(&dir).expect("opens");
+        state.raise_clock_floor(1_900_000_000).expect("raised");
+        let manifest = Manifest {
+            label: "t".into(),
+            serial: 1,
+            created_at: 1_700_000_000,
+            issuers: vec![],
+            policies: vec![],
+            apis: vec![],
+            revoked_jti: vec![],
+        };
+        let c = Clock::from_state(ManualTime::new(3), &manifest, &state).expect("reads");
+        let r = c.now();
+        assert_eq!((r.now, r.origin, r.floored()), (1_900_000_000, FloorOrigin::StateStore, true));
+        drop(state);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn system_time_is_plausible() {
+        assert!(SystemTime.unix_now() > 1_600_000_000);
+    }
+}

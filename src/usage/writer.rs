@@ -1,0 +1,495 @@
+//! The spool writer: one thread that owns the `.part` file. It drains the event queue into a gzip
+//! member, appends the member and fsyncs once per flush, closes files by rename, keeps the spool
+//! under its cap, and when the flash refuses a write, drops usage (counted) and retries.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use flate2::Compression;
+
+use super::config::UsageConfig;
+use super::event::{Loss, LossRecord, RequestRecord, Timestamp, UsageEvent};
+use super::gzip::MemberEncoder;
+use super::metrics::{UsageMetrics, add};
+use super::spool::{self, PART_SUFFIX, SpoolFile};
+use super::Clock;
+
+/// A batch is flushed early once it holds this much uncompressed NDJSON (about 3,000 requests):
+/// it bounds the writer's memory under a flood, and a member of ~100 KiB compressed is a
+/// flash-friendly write.
+pub const BATCH_MAX_BYTES: u64 = 1024 * 1024;
+/// After the flash refused a write (full, read-only, I/O error), writing is retried this often:
+/// soon enough that usage resumes promptly when space returns, rarely enough not to spin.
+pub const RETRY_AFTER_IO_ERROR: Duration = Duration::from_secs(5);
+/// The writer re-reads the directory this often, so the spool gauges and the cap see files the
+/// uploader or an export removed.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// zlib level 6: measured in `benches/usage.rs` against level 1; NDJSON usage compresses ~10x.
+pub const COMPRESSION: u32 = 6;
+
+/// What the queue carries to the writer.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    Event(Box<UsageEvent>),
+    /// Flush the batch (and close the `.part` when `close`), then acknowledge.
+    Flush { close: bool, done: SyncSender<()> },
+    /// Flush, close the `.part`, acknowledge and exit.
+    Shutdown { done: SyncSender<()> },
+}
+
+#[derive(Debug)]
+struct Part {
+    file: File,
+    path: PathBuf,
+    name: String,
+    seq: u64,
+    len: u64,
+    opened_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Writable,
+    /// Usage is dropped until `retry_at`, when recovery and writing are tried again.
+    Failed { retry_at: Instant },
+}
+
+enum AppendError {
+    /// The member alone is larger than the cap allows, even with every closed file gone.
+    NoRoom,
+    Io(io::Error),
+}
+
+impl From<io::Error> for AppendError {
+    fn from(e: io::Error) -> Self {
+        AppendError::Io(e)
+    }
+}
+
+pub(crate) struct Writer {
+    dir: PathBuf,
+    cfg: UsageConfig,
+    device_id: Arc<str>,
+    clock: Clock,
+    metrics: Arc<UsageMetrics>,
+    /// Wakes the uploader when the closed files pass half the cap.
+    wake_uploader: Option<smol::channel::Sender<()>>,
+    enc: MemberEncoder,
+    batch_events: u64,
+    /// When the oldest unflushed event (or unreported loss) arrived: the flush deadline's start.
+    batch_since: Option<Instant>,
+    line: Vec<u8>,
+    part: Option<Part>,
+    /// Closed files as of the last look, oldest first; only ever larger than the truth (the
+    /// uploader and exports only remove), so the cap it enforces is never exceeded.
+    closed: Vec<SpoolFile>,
+    closed_bytes: u64,
+    last_rescan: Instant,
+    next_seq: u64,
+    health: Health,
+    /// Losses not yet written in a `usage_dropped` record.
+    pending: Loss,
+    /// The queue-full counter as of the last `usage_dropped` record written.
+    queue_full_reported: u64,
+    last_serial: Option<u64>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        cfg: UsageConfig,
+        device_id: Arc<str>,
+        clock: Clock,
+        metrics: Arc<UsageMetrics>,
+        wake_uploader: Option<smol::channel::Sender<()>>,
+    ) -> Writer {
+        let now = Instant::now();
+        Writer {
+            dir: cfg.spool_dir.clone(),
+            cfg,
+            device_id,
+            clock,
+            metrics,
+            wake_uploader,
+            enc: MemberEncoder::new(Compression::new(COMPRESSION)),
+            batch_events: 0,
+            batch_since: None,
+            line: Vec::with_capacity(1024),
+            part: None,
+            closed: Vec::new(),
+            closed_bytes: 0,
+            last_rescan: now,
+            next_seq: 0,
+            health: Health::Failed { retry_at: now },
+            pending: Loss::default(),
+            queue_full_reported: 0,
+            last_serial: None,
+        }
+    }
+
+    /// The thread's body: start-up recovery, then events until shutdown.
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        self.start_up(Instant::now());
+        loop {
+            let now = Instant::now();
+            let wait = self.next_deadline(now).saturating_duration_since(now);
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Event(e)) => self.on_event(&e),
+                Ok(Msg::Flush { close, done }) => {
+                    self.flush(Instant::now());
+                    if close {
+                        self.close_or_fail(Instant::now());
+                    }
+                    let _ = done.send(());
+                }
+                Ok(Msg::Shutdown { done }) => {
+                    self.shut_down();
+                    let _ = done.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.shut_down();
+                    return;
+                }
+            }
+            self.maintain(Instant::now());
+        }
+    }
+
+    fn shut_down(&mut self) {
+        let now = Instant::now();
+        self.flush(now);
+        self.close_or_fail(now);
+        self.update_gauges();
+    }
+
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut d = now + RESCAN_INTERVAL;
+        if let Some(since) = self.batch_since {
+            d = d.min(since + self.cfg.flush_interval());
+        }
+        if let Some(p) = &self.part {
+            d = d.min(p.opened_at + self.cfg.rotate_interval());
+        }
+        if let Health::Failed { retry_at } = self.health {
+            d = d.min(retry_at);
+        }
+        d.min(self.last_rescan + RESCAN_INTERVAL)
+    }
+
+    /// Creates the directory, recovers `.part` files, lists the spool and enforces the cap. On
+    /// failure usage is dropped until the next retry.
+    fn start_up(&mut self, now: Instant) {
+        let result = (|| -> io::Result<()> {
+            fs::create_dir_all(&self.dir)?;
+            let r = spool::recover(&self.dir)?;
+            if r.closed + r.removed > 0 {
+                log::info!(
+                    "usage: recovered {} .part file(s) ({} lines kept, {} torn bytes cut), removed {} empty",
+                    r.closed,
+                    r.lines,
+                    r.truncated_bytes,
+                    r.removed
+                );
+            }
+            self.rescan(now)?;
+            match self.make_room(0) {
+                Ok(_) => Ok(()),
+                Err(AppendError::Io(e)) => Err(e),
+                Err(AppendError::NoRoom) => Ok(()),
+            }
+        })();
+        match result {
+            Ok(()) => {
+                if self.health != Health::Writable {
+                    log::info!("usage: spool {} is writable", self.dir.display());
+                }
+                self.health = Health::Writable;
+                self.metrics.spool_writable.store(1, Ordering::Relaxed);
+            }
+            Err(e) => self.fail(&e, now),
+        }
+        self.update_gauges();
+    }
+
+    fn fail(&mut self, e: &io::Error, now: Instant) {
+        add(&self.metrics.write_errors, 1);
+        self.metrics.spool_writable.store(0, Ordering::Relaxed);
+        if self.health == Health::Writable {
+            log::error!(
+                "usage: spool {}: {e}; dropping usage (counted) and retrying every {}s",
+                self.dir.display(),
+                RETRY_AFTER_IO_ERROR.as_secs()
+            );
+        }
+        // The .part, if any, is left as it is: recovery cuts it to its last verified member.
+        self.part = None;
+        if self.batch_events > 0 {
+            self.pending.events_write_failed += self.batch_events;
+            add(&self.metrics.events_dropped_write_failed, self.batch_events);
+            self.batch_events = 0;
+        }
+        self.batch_since = None;
+        self.enc.discard();
+        self.health = Health::Failed { retry_at: now + RETRY_AFTER_IO_ERROR };
+    }
+
+    fn on_event(&mut self, e: &UsageEvent) {
+        self.last_serial = Some(e.bundle_serial);
+        if self.health != Health::Writable {
+            self.pending.events_write_failed += 1;
+            add(&self.metrics.events_dropped_write_failed, 1);
+            return;
+        }
+        self.line.clear();
+        let record = RequestRecord { kind: "request", event: e, device_id: &self.device_id };
+        // Serialising to a Vec fails only on a non-string map key; none exist here.
+        if serde_json::to_writer(&mut self.line, &record).is_err() {
+            self.pending.events_write_failed += 1;
+            add(&self.metrics.events_dropped_write_failed, 1);
+            return;
+        }
+        self.line.push(b'\n');
+        if let Err(e) = self.enc.write(&self.line) {
+            self.drop_batch_failed(&e);
+            return;
+        }
+        self.batch_events += 1;
+        let now = Instant::now();
+        self.batch_since.get_or_insert(now);
+        if self.enc.input_bytes() >= BATCH_MAX_BYTES {
+            self.flush(now);
+        }
+    }
+
+    /// The compressor itself failed (it writes to memory: practically never). The batch is lost.
+    fn drop_batch_failed(&mut self, e: &io::Error) {
+        log::error!("usage: compressor failed: {e}");
+        self.enc.discard();
+        self.pending.events_write_failed += self.batch_events;
+        add(&self.metrics.events_dropped_write_failed, self.batch_events);
+        self.batch_events = 0;
+        self.batch_since = None;
+    }
+
+    /// Unreported losses, including queue drops counted by the request path since the last record.
+    fn unreported(&self) -> (Loss, u64) {
+        let queue_full = self.metrics.events_dropped_queue_full.load(Ordering::Relaxed);
+        let mut loss = self.pending;
+        loss.events_queue_full += queue_full.saturating_sub(self.queue_full_reported);
+        (loss, queue_full)
+    }
+
+    fn maintain(&mut self, now: Instant) {
+        if let Health::Failed { retry_at } = self.health {
+            if now >= retry_at {
+                self.start_up(now);
+            }
+            return;
+        }
+        let (loss, _) = self.unreported();
+        if !loss.is_empty() {
+            self.batch_since.get_or_insert(now);
+        }
+        if self.batch_since.is_some_and(|since| now >= since + self.cfg.flush_interval()) {
+            self.flush(now);
+        }
+        if self.part.as_ref().is_some_and(|p| now >= p.opened_at + self.cfg.rotate_interval()) {
+            self.flush(now);
+            self.close_or_fail(now);
+        }
+        if now >= self.last_rescan + RESCAN_INTERVAL {
+            if let Err(e) = self.rescan(now) {
+                log::warn!("usage: cannot list spool {}: {e}", self.dir.display());
+                self.last_rescan = now;
+            }
+            self.update_gauges();
+        }
+    }
+
+    /// Appends the batch (and a `usage_dropped` record when something was lost) as one gzip
+    /// member, fsyncs it, and closes the file when it reached `rotate_bytes`.
+    fn flush(&mut self, now: Instant) {
+        let (loss, queue_full) = self.unreported();
+        if self.batch_events == 0 && loss.is_empty() {
+            self.batch_since = None;
+            return;
+        }
+        if self.health != Health::Writable {
+            return;
+        }
+        if !loss.is_empty() {
+            self.line.clear();
+            let record = LossRecord {
+                kind: "usage_dropped",
+                ts: (self.clock)(),
+                device_id: &self.device_id,
+                bundle_serial: self.last_serial,
+                loss,
+            };
+            if serde_json::to_writer(&mut self.line, &record).is_ok() {
+                self.line.push(b'\n');
+                if let Err(e) = self.enc.write(&self.line) {
+                    self.drop_batch_failed(&e);
+                    return;
+                }
+            }
+        }
+        let member = match self.enc.finish() {
+            Ok(m) => m,
+            Err(e) => {
+                self.drop_batch_failed(&e);
+                return;
+            }
+        };
+        let events = self.batch_events;
+        self.batch_events = 0;
+        self.batch_since = None;
+        match self.append(&member, now) {
+            Ok(()) => {
+                add(&self.metrics.events_written, events);
+                add(&self.metrics.bytes_written, member.len() as u64);
+                add(&self.metrics.members_written, 1);
+                // The record written covered everything up to `loss`; losses noted since (cap
+                // drops made while appending) stay pending for the next member.
+                self.pending = subtract(self.pending, loss);
+                self.queue_full_reported = queue_full;
+                if self.part.as_ref().is_some_and(|p| p.len >= self.cfg.rotate_bytes) {
+                    self.close_or_fail(now);
+                }
+            }
+            Err(AppendError::NoRoom) => {
+                self.pending.events_capped += events;
+                add(&self.metrics.events_dropped_cap, events);
+            }
+            Err(AppendError::Io(e)) => {
+                self.pending.events_write_failed += events;
+                add(&self.metrics.events_dropped_write_failed, events);
+                self.fail(&e, now);
+            }
+        }
+        self.update_gauges();
+    }
+
+    fn append(&mut self, member: &[u8], now: Instant) -> Result<(), AppendError> {
+        let m = member.len() as u64;
+        if !self.make_room(m)? {
+            return Err(AppendError::NoRoom);
+        }
+        if self.part.is_none() {
+            self.open_part(now)?;
+        }
+        let Some(part) = self.part.as_mut() else {
+            return Err(AppendError::Io(io::Error::other("no open .part")));
+        };
+        part.file.write_all(member)?;
+        // fdatasync: the data and the size needed to read it back, not the timestamps.
+        part.file.sync_data()?;
+        part.len += m;
+        Ok(())
+    }
+
+    fn open_part(&mut self, now: Instant) -> io::Result<()> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let name = spool::closed_name((self.clock)(), seq);
+        let path = self.dir.join(format!("{name}{PART_SUFFIX}"));
+        let file = OpenOptions::new().append(true).create_new(true).open(&path)?;
+        // The new name must survive a power cut as well as the data appended to it.
+        spool::fsync_dir(&self.dir)?;
+        self.part = Some(Part { file, path, name, seq, len: 0, opened_at: now });
+        Ok(())
+    }
+
+    fn close_or_fail(&mut self, now: Instant) {
+        if let Err(e) = self.close_part() {
+            self.fail(&e, now);
+        }
+    }
+
+    /// Renames the `.part` to its closed name. Its members were fsynced when appended.
+    fn close_part(&mut self) -> io::Result<()> {
+        let Some(part) = self.part.take() else { return Ok(()) };
+        drop(part.file);
+        if part.len == 0 {
+            return spool::remove_if_present(&part.path).map(|_| ());
+        }
+        let mut name = part.name;
+        if self.dir.join(&name).exists() {
+            // Never overwrite a closed file (only a hand-made copy could be there).
+            name = spool::closed_name((self.clock)(), self.next_seq);
+            self.next_seq += 1;
+        }
+        let path = self.dir.join(&name);
+        fs::rename(&part.path, &path)?;
+        spool::fsync_dir(&self.dir)?;
+        self.closed_bytes += part.len;
+        self.closed.push(SpoolFile { name, path, seq: part.seq, len: part.len });
+        add(&self.metrics.files_closed, 1);
+        self.update_gauges();
+        if self.closed_bytes >= self.cfg.max_spool_bytes / 2 {
+            if let Some(w) = &self.wake_uploader {
+                let _ = w.try_send(());
+            }
+        }
+        Ok(())
+    }
+
+    fn rescan(&mut self, now: Instant) -> io::Result<()> {
+        let listing = spool::list(&self.dir)?;
+        self.next_seq = self.next_seq.max(listing.max_seq.map_or(0, |s| s + 1));
+        self.closed_bytes = listing.closed_bytes();
+        self.closed = listing.closed;
+        self.last_rescan = now;
+        Ok(())
+    }
+
+    /// Makes room for `m` more bytes under the cap: deletes the oldest closed files, and closes
+    /// the `.part` so that it can go too when nothing else is left. `Ok(false)`: `m` alone is
+    /// too large.
+    fn make_room(&mut self, m: u64) -> Result<bool, AppendError> {
+        let max = self.cfg.max_spool_bytes;
+        let used = |w: &Writer| w.closed_bytes + w.part.as_ref().map_or(0, |p| p.len);
+        if used(self) + m <= max {
+            return Ok(true);
+        }
+        self.rescan(Instant::now())?;
+        while used(self) + m > max {
+            if !self.closed.is_empty() {
+                let oldest = self.closed.remove(0);
+                self.closed_bytes -= oldest.len;
+                let loss = spool::drop_for_cap(&oldest)?;
+                add(&self.metrics.events_dropped_cap, loss.events_capped);
+                add(&self.metrics.files_dropped_cap, loss.files_capped);
+                add(&self.metrics.bytes_dropped_cap, loss.bytes_capped);
+                self.pending.add(&loss);
+            } else if self.part.is_some() {
+                self.close_part()?;
+            } else {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn update_gauges(&self) {
+        let part = self.part.as_ref().map_or(0, |p| p.len);
+        self.metrics.spool_bytes.store(self.closed_bytes + part, Ordering::Relaxed);
+        self.metrics.spool_files.store(self.closed.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn subtract(a: Loss, b: Loss) -> Loss {
+    Loss {
+        events_queue_full: a.events_queue_full.saturating_sub(b.events_queue_full),
+        events_write_failed: a.events_write_failed.saturating_sub(b.events_write_failed),
+        events_capped: a.events_capped.saturating_sub(b.events_capped),
+        files_capped: a.files_capped.saturating_sub(b.files_capped),
+        bytes_capped: a.bytes_capped.saturating_sub(b.bytes_capped),
+    }
+}
