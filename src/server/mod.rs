@@ -403,7 +403,7 @@ impl Gateway {
                 (403, 900908, "Resource forbidden", format!("this API has no {} endpoint", k.as_str()))
             }
             Refusal::Throttled(t) => {
-                self.metrics.throttled(t.level.reason());
+                self.metrics.throttled(t.level.as_str());
                 record.throttled = true;
                 (429, t.level.fault_code(), "Message throttled out", "You have exceeded your quota".into())
             }

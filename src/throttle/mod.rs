@@ -68,9 +68,11 @@
 //! allocated once; a check never allocates. Separate tables mean a flood of anonymous addresses
 //! cannot crowd out authenticated applications. Key strings are never stored: a key is a 64-bit
 //! SipHash under a per-process random key (std's `RandomState`), and a table slot holds that hash
-//! and a count (24 bytes). Two keys with the same hash would share a counter; with 64-bit hashes
-//! that is about one chance in 10^11 per pair even at a million live keys, and since the hash key
-//! is secret and differs per process, a client cannot aim a collision.
+//! and a count (24 bytes). Two keys with the same hash would share a counter (one could spend the
+//! other's quota). With 64-bit hashes and at most [`MAX_TABLE_ENTRIES`] live keys per table, the
+//! chance that any two live keys collide is below 10^-9; a client trying a trillion keys has under
+//! one chance in 10^7 of hitting one given key; and since the hash key is secret and differs per
+//! process, nobody can aim a collision.
 //!
 //! When a key is new and its shard has no free slot, a slot whose window has ended is reused —
 //! dropping a count that no longer matters. When every slot is live, the **new key is refused**
@@ -632,15 +634,22 @@ impl Throttle {
 
     /// Decides whether `request` may pass at `now_ms` (Unix milliseconds), and counts it if so.
     pub fn check(&self, request: &Request<'_>, now_ms: u64) -> Decision {
-        let Some(route) = self
+        let Some((api_key, route)) = self
             .apis
             .get(request.api)
             .filter(|a| request.operation < a.ops)
-            .and_then(|a| self.ops.get(a.first_op + request.operation))
+            .and_then(|a| Some((a.key, self.ops.get(a.first_op + request.operation)?)))
         else {
             return Decision::Fail(Unchecked::UnknownRoute);
         };
-        let api_key = self.apis.get(request.api).map_or(0, |a| a.key);
+        // Built together in `new`: every route check has its counter; fail closed regardless.
+        let route = match route {
+            None => None,
+            Some(r) => match self.route_counters.get(r.counter) {
+                Some(counter) => Some((r, counter)),
+                None => return Decision::Fail(Unchecked::UnknownRoute),
+            },
+        };
 
         // Resolve every tier before touching a counter, so a failure counts nothing.
         let tier = |tier: Option<&str>, tiers: &HashMap<Box<str>, Policy>, level| match tier {
@@ -683,10 +692,9 @@ impl Throttle {
         // Lock in the fixed order: caller table, application table, route counter.
         let caller = caller.map(|c| Hold::table(c, now_ms));
         let application = application.map(|c| Hold::table(c, now_ms));
-        let route = route.and_then(|r| {
-            let counter = self.route_counters.get(r.counter)?;
+        let route = route.map(|(r, counter)| {
             let guard = counter.lock().unwrap_or_else(PoisonError::into_inner);
-            Some(Hold { level: r.level, policy: r.policy, place: Place::Route(guard) })
+            Hold { level: r.level, policy: r.policy, place: Place::Route(guard) }
         });
         let mut holds: heapless::Vec<(Hold<'_>, View), MAX_LEVELS> = heapless::Vec::new();
         for hold in [route, caller, application].into_iter().flatten() {

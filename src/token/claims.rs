@@ -151,7 +151,8 @@ fn numeric_date(
         return Ok(Some(u));
     }
     match n.as_f64() {
-        Some(f) if f.is_finite() && f >= 0.0 && f < 18_446_744_073_709_551_616.0 => {
+        // 2^64: every value below it fits in a u64 once rounded.
+        Some(f) if (0.0..18_446_744_073_709_551_616.0).contains(&f) => {
             Ok(Some(if round_up { f.ceil() } else { f.floor() } as u64))
         }
         _ => Err(TokenError::BadClaim(name)),

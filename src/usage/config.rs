@@ -115,7 +115,9 @@ impl UsageConfig {
             UploadTarget::parse(&self.upload_url)?;
         }
         if self.device_id.len() > 255 || self.device_id.chars().any(char::is_control) {
-            return bad("usage.device_id must be at most 255 characters, none of them control characters".into());
+            return bad(
+                "usage.device_id must be at most 255 characters, none of them control characters".into()
+            );
         }
         Ok(())
     }
@@ -165,8 +167,9 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused() {
         let e = toml::from_str::<UsageConfig>("spool_dri = \"/x\"").expect_err("typo");
         assert!(e.to_string().contains("spool_dri"), "{e}");
-        let c: UsageConfig = toml::from_str("flush_interval_ms = 250\nupload_url = \"http://127.0.0.1:1/{file}\"")
-            .expect("partial section");
+        let c: UsageConfig =
+            toml::from_str("flush_interval_ms = 250\nupload_url = \"http://127.0.0.1:1/{file}\"")
+                .expect("partial section");
         assert_eq!(c.flush_interval_ms, 250);
         assert_eq!(c.rotate_bytes, 262_144);
         c.validate().expect("valid");

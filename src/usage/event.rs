@@ -294,7 +294,8 @@ mod tests {
             client_ip: "10.0.0.9".parse().expect("ip"),
             bundle_serial: 17,
         };
-        let line = serde_json::to_string(&RequestRecord { kind: "request", event: &e, device_id: "dev" }).expect("json");
+        let line = serde_json::to_string(&RequestRecord { kind: "request", event: &e, device_id: "dev" })
+            .expect("json");
         assert!(line.as_bytes().starts_with(REQUEST_LINE_PREFIX), "{line}");
         assert_eq!(
             line,

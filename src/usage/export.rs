@@ -14,9 +14,9 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use super::UsageError;
 use super::config::UsageConfig;
 use super::spool;
-use super::UsageError;
 
 /// The configuration file read when `--config` is not given, if it exists (the one `gatelet run`
 /// reads by default).
@@ -104,7 +104,10 @@ pub fn export(spool_dir: &Path, to: &Path) -> Result<ExportReport, UsageError> {
             Ok(n) => n,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                return Err(UsageError::Io(format!("cannot copy {} to {}", file.path.display(), dest.display()), e));
+                return Err(UsageError::Io(
+                    format!("cannot copy {} to {}", file.path.display(), dest.display()),
+                    e,
+                ));
             }
         };
         spool::remove_if_present(&file.path).map_err(io_err("cannot remove", &file.path))?;
@@ -141,13 +144,13 @@ pub fn resolve_spool_dir(
         return Err(UsageError::Config(format!("{}: larger than {MAX_CONFIG_FILE} bytes", file.display())));
     }
     let text = fs::read_to_string(&file).map_err(io_err("cannot read", &file))?;
-    let table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| UsageError::Config(format!("{}: {}", file.display(), e.message())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| UsageError::Config(format!("{}: {}", file.display(), e.message())))?;
     let usage: UsageConfig = match table.get("usage") {
-        Some(v) => v
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| UsageError::Config(format!("{}: [usage]: {}", file.display(), e.message())))?,
+        Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| {
+            UsageError::Config(format!("{}: [usage]: {}", file.display(), e.message()))
+        })?,
         None => UsageConfig::default(),
     };
     Ok(usage.spool_dir)

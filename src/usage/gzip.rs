@@ -237,7 +237,10 @@ mod tests {
         file.extend(member(&mut enc, &[r#"{"kind":"request","a":2}"#]));
         let mut text = String::new();
         flate2::read::MultiGzDecoder::new(&file[..]).read_to_string(&mut text).expect("multi-member gzip");
-        assert_eq!(text, "{\"kind\":\"request\",\"a\":1}\n{\"kind\":\"usage_dropped\"}\n{\"kind\":\"request\",\"a\":2}\n");
+        assert_eq!(
+            text,
+            "{\"kind\":\"request\",\"a\":1}\n{\"kind\":\"usage_dropped\"}\n{\"kind\":\"request\",\"a\":2}\n"
+        );
         let s = scan_bytes(&file);
         assert_eq!((s.members, s.lines, s.request_lines), (2, 3, 2));
         assert!(s.is_intact());

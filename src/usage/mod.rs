@@ -182,7 +182,10 @@ impl Spooler {
             Arc::clone(&metrics),
             uploader.as_ref().map(|(_, _, w)| w.clone()),
         );
-        let writer = match std::thread::Builder::new().name("gatelet-usage-writer".into()).spawn(move || writer.run(rx)) {
+        let writer = match std::thread::Builder::new()
+            .name("gatelet-usage-writer".into())
+            .spawn(move || writer.run(rx))
+        {
             Ok(h) => h,
             Err(e) => {
                 if let Some((h, stop, _)) = uploader {

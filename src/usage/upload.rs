@@ -20,10 +20,10 @@ use hyper::{Request, StatusCode, Uri};
 use smol::future::FutureExt as _;
 use smol_hyper::rt::FuturesIo;
 
+use super::UsageError;
 use super::config::UsageConfig;
 use super::metrics::{UsageMetrics, add};
 use super::spool::{self, SpoolFile};
-use super::UsageError;
 
 /// Longest an upload (connect, TLS, request, response) may take before it counts as failed: a
 /// 256 KiB file over a slow cellular link fits comfortably; a stuck collector does not hold the
@@ -126,7 +126,13 @@ impl UploadTarget {
         };
         let target_parts: Vec<String> =
             target.split("{file}").map(|p| percent_encode(p, allowed_in_target)).collect();
-        let t = UploadTarget { scheme, host: host.to_owned(), port, authority: authority.to_owned(), target_parts };
+        let t = UploadTarget {
+            scheme,
+            host: host.to_owned(),
+            port,
+            authority: authority.to_owned(),
+            target_parts,
+        };
         // What hyper will be given must parse, whatever the file name.
         t.target_for("usage-19700101T000000Z-00000000.ndjson.gz")
             .parse::<Uri>()
@@ -164,7 +170,9 @@ fn read_credentials(path: &Path) -> Result<Credentials, String> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| fail(&e.to_string()))?;
     let text = text.trim();
-    let (scheme, secret) = text.split_once(char::is_whitespace).ok_or_else(|| fail("expected `Bearer TOKEN` or `Basic USER:PASSWORD`"))?;
+    let (scheme, secret) = text
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| fail("expected `Bearer TOKEN` or `Basic USER:PASSWORD`"))?;
     let secret = secret.trim();
     let value = if scheme.eq_ignore_ascii_case("bearer") {
         format!("Bearer {secret}")
@@ -279,7 +287,8 @@ impl Uploader {
             auth_file: non_empty(&cfg.upload_auth_file),
             ca_file: non_empty(&cfg.upload_ca_file),
             // Validated: no control characters; other bytes are legal header text.
-            device: HeaderValue::from_bytes(device_id.as_bytes()).unwrap_or(HeaderValue::from_static("unknown")),
+            device: HeaderValue::from_bytes(device_id.as_bytes())
+                .unwrap_or(HeaderValue::from_static("unknown")),
             interval: Duration::from_secs(cfg.upload_interval_s),
             backoff_max: Duration::from_secs(cfg.upload_backoff_max_s),
             metrics,

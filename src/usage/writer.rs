@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use flate2::Compression;
 
+use super::Clock;
 use super::config::UsageConfig;
-use super::event::{Loss, LossRecord, RequestRecord, Timestamp, UsageEvent};
+use super::event::{Loss, LossRecord, RequestRecord, UsageEvent};
 use super::gzip::MemberEncoder;
 use super::metrics::{UsageMetrics, add};
 use super::spool::{self, PART_SUFFIX, SpoolFile};
-use super::Clock;
 
 /// A batch is flushed early once it holds this much uncompressed NDJSON (about 3,000 requests):
 /// it bounds the writer's memory under a flood, and a member of ~100 KiB compressed is a
@@ -37,9 +37,14 @@ pub const COMPRESSION: u32 = 6;
 pub(crate) enum Msg {
     Event(Box<UsageEvent>),
     /// Flush the batch (and close the `.part` when `close`), then acknowledge.
-    Flush { close: bool, done: SyncSender<()> },
+    Flush {
+        close: bool,
+        done: SyncSender<()>,
+    },
     /// Flush, close the `.part`, acknowledge and exit.
-    Shutdown { done: SyncSender<()> },
+    Shutdown {
+        done: SyncSender<()>,
+    },
 }
 
 #[derive(Debug)]
@@ -56,7 +61,9 @@ struct Part {
 enum Health {
     Writable,
     /// Usage is dropped until `retry_at`, when recovery and writing are tried again.
-    Failed { retry_at: Instant },
+    Failed {
+        retry_at: Instant,
+    },
 }
 
 enum AppendError {

@@ -1,0 +1,455 @@
+//! The data plane on the wire: a real listener, a real backend, real tokens and bundles.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use gatelet::config::{Config, Overrides};
+use gatelet::daemon::{self, Running};
+
+fn start(f: &Fixture, serial: u64, extra: &str) -> (Running, SocketAddr, SocketAddr) {
+    let path = f.config(serial, extra);
+    let config = Config::resolve(Some(&path), std::iter::empty(), &Overrides::default()).expect("config");
+    let running = daemon::start(config, None).expect("gateway starts");
+    let http = running.bound.http.expect("http bound");
+    let admin = running.bound.admin.expect("admin bound");
+    (running, http, admin)
+}
+
+#[test]
+fn tokens_scopes_subscriptions_routes_and_forwarding() {
+    let f = Fixture::new("pipeline");
+    let (running, gw, admin) = start(&f, 10, "");
+    let token = f.token(|_| {});
+
+    // Valid token: the backend's answer, with the context stripped and the query kept.
+    let r = get(gw, "/shop/1.0.0/items/42?color=red", Some(&token));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let echo = r.json();
+    assert_eq!(echo["uri"], "/backend/items/42?color=red");
+    let h = &echo["headers"];
+    assert_eq!(h["x-jwt-assertion"], token.as_str(), "the backend gets the validated token");
+    assert!(h.get("authorization").is_none(), "Authorization is not forwarded");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "gw.test");
+    assert_eq!(h["host"], f.backend.to_string());
+    assert!(r.header("x-request-id").is_some());
+
+    // Paths are normalised once, for routing and forwarding alike.
+    let r = get(gw, "/shop//1.0.0/./items/%34%32/", Some(&token));
+    assert_eq!(r.json()["uri"], "/backend/items/42");
+
+    // Sandbox key type → sandbox endpoint.
+    let sandbox = f.token(|c| {
+        c.insert("keytype".into(), "SANDBOX".into());
+    });
+    assert_eq!(get(gw, "/shop/1.0.0/items/1", Some(&sandbox)).json()["uri"], "/sandbox/items/1");
+
+    // Missing, malformed, expired.
+    let r = get(gw, "/shop/1.0.0/items/1", None);
+    assert_eq!((r.status, r.fault_code()), (401, 900902));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = get(gw, "/shop/1.0.0/items/1", Some("not.a.token"));
+    assert_eq!((r.status, r.fault_code()), (401, 900901));
+    assert_eq!(r.header("www-authenticate"), Some("Bearer error=\"invalid_token\""));
+    let expired = f.token(|c| {
+        c.insert("exp".into(), 1_000_000_000.into());
+        c.insert("iat".into(), 999_999_000.into());
+    });
+    let r = get(gw, "/shop/1.0.0/items/1", Some(&expired));
+    assert_eq!((r.status, r.fault_code()), (401, 900903));
+    let other_key = {
+        let kid = gatelet::keys::jwk_thumbprint(&f.issuer.verifying_key());
+        let mut claims = serde_json::Map::new();
+        claims.insert("iss".into(), ISSUER.into());
+        claims.insert("sub".into(), "mallory".into());
+        claims.insert("aud".into(), "gatelet".into());
+        claims.insert("exp".into(), 4_000_000_000u64.into());
+        gatelet::token::mint::sign(&key(9), &kid, &claims).expect("signs")
+    };
+    assert_eq!(get(gw, "/shop/1.0.0/items/1", Some(&other_key)).status, 401);
+
+    // Scope and subscription → 403.
+    let r = get(gw, "/shop/1.0.0/admin", Some(&token));
+    assert_eq!((r.status, r.fault_code()), (403, 900910));
+    let admin_token = f.token(|c| {
+        c.insert("scope".into(), "shop:admin".into());
+    });
+    assert_eq!(get(gw, "/shop/1.0.0/admin", Some(&admin_token)).status, 200);
+    let unsubscribed = f.token(|c| {
+        c.insert("subscribedAPIs".into(), serde_json::json!([{"name": "Other", "version": "1.0.0"}]));
+    });
+    let r = get(gw, "/shop/1.0.0/items/1", Some(&unsubscribed));
+    assert_eq!((r.status, r.fault_code()), (403, 900908));
+
+    // Open resource: no token needed.
+    assert_eq!(get(gw, "/shop/1.0.0/open", None).status, 200);
+
+    // Unknown path and method.
+    let r = get(gw, "/nope/items", Some(&token));
+    assert_eq!((r.status, r.fault_code()), (404, 900906));
+    let r = send(gw, "DELETE", "/shop/1.0.0/items/1", &[], b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+
+    // Request bodies stream through; an oversized declared body is refused before forwarding.
+    let auth = format!("Bearer {token}");
+    let r = send(gw, "POST", "/shop/1.0.0/items", &[("Authorization", &auth)], &[b'a'; 5000]);
+    assert_eq!(r.json()["body_bytes"], 5000);
+    let r = send(
+        gw,
+        "POST",
+        "/shop/1.0.0/items",
+        &[("Authorization", &auth), ("Content-Length", "99999999999")],
+        b"",
+    );
+    assert_eq!(r.status, 413);
+    // A large response streams back whole.
+    let r = get(gw, "/shop/1.0.0/big?bytes=3000000", Some(&token));
+    assert_eq!((r.status, r.body.len()), (200, 3_000_000));
+
+    // Admin endpoints.
+    assert_eq!(get(admin, "/healthz", None).json()["status"], "healthy");
+    assert_eq!(get(admin, "/readyz", None).status, 200);
+    let metrics = String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(metrics.contains("gatelet_requests_total{api=\"Shop\",status=\"200\"}"), "{metrics}");
+    assert!(metrics.contains("gatelet_auth_failures_total{reason=\"expired\"} 1"), "{metrics}");
+    assert!(metrics.contains("gatelet_bundle_serial 10"), "{metrics}");
+    running.shutdown();
+}
+
+#[test]
+fn throttling_backend_failures_and_limits() {
+    let f = Fixture::new("limits");
+    let (running, gw, admin) = start(&f, 10, "max_header_bytes = 8192");
+    let token = f.token(|_| {});
+
+    // 3 per day: exactly three pass, then 429 with the headers.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(gw, "/shop/1.0.0/limited", Some(&token)));
+    }
+    let codes: Vec<u16> = statuses.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [200, 200, 200, 429, 429, 429]);
+    let throttled = statuses.iter().find(|r| r.status == 429).expect("a 429");
+    assert_eq!(throttled.fault_code(), 900802);
+    let retry: u64 = throttled.header("retry-after").expect("Retry-After").parse().expect("seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    assert!(retry.abs_diff(to_midnight) <= 2, "Retry-After {retry}, window ends in {to_midnight}");
+    assert!(throttled.header("ratelimit-policy").expect("policy").contains("q=3;w=86400"));
+    assert!(throttled.header("ratelimit").expect("ratelimit").contains("r=0"));
+    assert!(statuses[0].header("ratelimit").is_some(), "successful responses carry the headers too");
+
+    // Backend down → 502, backend slow → 504.
+    let r = get(gw, "/shop/1.0.0/down", Some(&token));
+    assert_eq!((r.status, r.fault_code()), (502, 101503));
+    let r = get(gw, "/shop/1.0.0/slow?ms=3000", Some(&token));
+    assert_eq!((r.status, r.fault_code()), (504, 101504));
+
+    // Oversized head → 431.
+    let big = "x".repeat(9000);
+    let r = send(gw, "GET", "/shop/1.0.0/items/1", &[("X-Big", &big)], b"");
+    assert_eq!(r.status, 431);
+
+    // CL + TE → 400 and the connection closed.
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(
+        b"POST /shop/1.0.0/items HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .expect("write");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("server closes");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "nothing after the 400: {text}");
+    // Obs-fold and an unsupported coding too.
+    for raw in [
+        &b"GET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n"[..],
+        &b"POST /shop/1.0.0/items HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
+    ] {
+        let mut s = TcpStream::connect(gw).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.write_all(raw).expect("write");
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).expect("server closes");
+        assert!(
+            String::from_utf8_lossy(&all).starts_with("HTTP/1.1 400"),
+            "{}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+
+    // Keep-alive: several requests on one connection.
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    for _ in 0..3 {
+        s.write_all(b"GET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        assert_eq!(read_response(&mut reader).expect("response").status, 200);
+    }
+
+    let metrics = String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(metrics.contains("gatelet_throttled_total{level=\"resource\"}"), "{metrics}");
+    assert!(metrics.contains("gatelet_backend_timeouts_total 1"), "{metrics}");
+    running.shutdown();
+}
+
+#[test]
+fn slowloris_connections_do_not_starve_a_normal_client() {
+    let f = Fixture::new("slowloris");
+    let (running, gw, _) = start(&f, 10, "");
+    // 100 connections that send half a head and stall.
+    let mut idle: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(gw).expect("connect");
+            s.write_all(b"GET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\nX-Slow: ").expect("write");
+            s
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let r = get(gw, "/shop/1.0.0/open", None);
+    assert_eq!(r.status, 200);
+    assert!(start.elapsed() < Duration::from_secs(1), "served in {:?}", start.elapsed());
+    // The head-read timeout (1.5 s here) closes them.
+    std::thread::sleep(Duration::from_millis(2500));
+    let closed = idle
+        .iter_mut()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+            let mut buf = Vec::new();
+            match s.read_to_end(&mut buf) {
+                Ok(_) => true,
+                Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            }
+        })
+        .filter(|&closed| closed)
+        .count();
+    assert_eq!(closed, 100, "stalled connections are closed by the head timeout");
+    running.shutdown();
+}
+
+#[test]
+fn reload_keeps_the_old_bundle_on_bad_input_and_switches_on_a_newer_one() {
+    let f = Fixture::new("reload");
+    let (running, gw, admin) = start(&f, 10, "");
+    let inbox = f.dir.join("inbox");
+    let serial = || get(admin, "/readyz", None).json()["bundle_serial"].as_u64().expect("serial");
+    assert_eq!(serial(), 10);
+
+    // Tampered: one byte flipped.
+    let mut tampered = f.bundle(20);
+    let n = tampered.len();
+    tampered[n / 2] ^= 1;
+    std::fs::write(inbox.join("a-tampered.glb"), &tampered).expect("write");
+    assert!(eventually(Duration::from_secs(5), || inbox.join(".refused-a-tampered.glb").exists()));
+    assert_eq!(serial(), 10);
+    // Older.
+    std::fs::write(inbox.join("b-older.glb"), f.bundle(5)).expect("write");
+    assert!(eventually(Duration::from_secs(5), || inbox.join(".refused-b-older.glb").exists()));
+    assert_eq!(serial(), 10);
+    // Names starting with '.' are ignored.
+    std::fs::write(inbox.join(".partial.glb"), f.bundle(30)).expect("write");
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(inbox.join(".partial.glb").exists());
+    assert_eq!(serial(), 10);
+    // Newer: swapped in, installed at bundle.path, file removed.
+    std::fs::write(inbox.join("c-newer.glb"), f.bundle(30)).expect("write");
+    assert!(eventually(Duration::from_secs(5), || serial() == 30));
+    assert!(eventually(Duration::from_secs(5), || !inbox.join("c-newer.glb").exists()));
+    let installed = std::fs::read(f.dir.join("bundle.glb")).expect("installed");
+    assert_eq!(installed, f.bundle(30), "the accepted bundle is installed for the next boot");
+    assert_eq!(get(gw, "/shop/1.0.0/open", None).status, 200);
+    let metrics = String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(metrics.contains("gatelet_bundle_reloads_total{result=\"failed\"} 2"), "{metrics}");
+    assert!(metrics.contains("gatelet_bundle_reloads_total{result=\"ok\"} 1"), "{metrics}");
+
+    // SIGHUP-style reload of a replaced bundle.path with an older serial: refused.
+    std::fs::write(f.dir.join("bundle.glb"), f.bundle(25)).expect("write");
+    running.reload();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(serial(), 30);
+    running.shutdown();
+
+    // A restart comes back on the installed bundle... which is now the older file written
+    // above: the rollback mark refuses it at start-up.
+    let path = f.dir.join("gatelet.toml");
+    let config = Config::resolve(Some(&path), std::iter::empty(), &Overrides::default()).expect("config");
+    let err = daemon::start(config, None).expect_err("rollback refused at start");
+    assert!(err.to_string().contains("rollback refused"), "{err}");
+}
+
+#[test]
+fn https_listener_with_a_certificate_made_by_the_test() {
+    let f = Fixture::new("tls");
+    let cert = f.dir.join("tls.crt");
+    let key = f.dir.join("tls.key");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .args(["-keyout", path_str(&key), "-out", path_str(&cert)])
+        .output()
+        .expect("openssl runs");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let extra = format!(
+        "listen_tls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let (running, _, _) = start(&f, 10, &extra);
+    let addr = running.bound.https.expect("https bound");
+    let root = native_tls::Certificate::from_pem(&std::fs::read(&cert).expect("cert")).expect("pem");
+    let connector =
+        native_tls::TlsConnector::builder().add_root_certificate(root).build().expect("connector");
+    let tcp = TcpStream::connect(addr).expect("connect");
+    let mut tls = connector.connect("localhost", tcp).expect("TLS handshake");
+    let token = f.token(|_| {});
+    write!(tls, "GET /shop/1.0.0/items/7 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let r = read_response(&mut BufReader::new(tls)).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "https");
+    // TLS 1.1 is never offered.
+    let old = native_tls::TlsConnector::builder()
+        .add_root_certificate(
+            native_tls::Certificate::from_pem(&std::fs::read(&cert).expect("cert")).expect("pem"),
+        )
+        .min_protocol_version(Some(native_tls::Protocol::Tlsv10))
+        .max_protocol_version(Some(native_tls::Protocol::Tlsv11))
+        .build()
+        .expect("connector");
+    assert!(old.connect("localhost", TcpStream::connect(addr).expect("connect")).is_err());
+    running.shutdown();
+}
+
+#[test]
+fn sigterm_drains_an_in_flight_request_and_exits_zero() {
+    let f = Fixture::new("sigterm");
+    let path = f.config(10, "");
+    // A stand-in for systemd's notification socket.
+    let notify_path = f.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["run", "--config", path_str(&path)])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gatelet runs");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut http = None;
+    while http.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("gatelet logs its listeners");
+        if let Some(a) = line.split("listening http ").nth(1) {
+            http = Some(a.trim().parse::<SocketAddr>().expect("address"));
+        }
+    }
+    let gw = http.expect("bound");
+    let token = f.token(|_| {});
+    let slow = std::thread::spawn(move || get(gw, "/shop/1.0.0/slow?ms=800", Some(&token)));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let r = slow.join().expect("request thread");
+    assert_eq!(r.status, 200, "the in-flight request finished");
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(0));
+    // New connections are refused once it stopped.
+    assert!(TcpStream::connect(gw).is_err());
+    // systemd heard READY=1 once serving and STOPPING=1 at the end.
+    notify.set_nonblocking(true).expect("nonblocking");
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = notify.recv(&mut buf) {
+        heard.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+    }
+    assert_eq!(heard.first().map(String::as_str), Some("READY=1"), "{heard:?}");
+    assert_eq!(heard.last().map(String::as_str), Some("STOPPING=1"), "{heard:?}");
+}
+
+#[test]
+fn check_validates_like_run_and_demo_serves_its_curl_line() {
+    let f = Fixture::new("check");
+    let path = f.config(10, "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["check", "--config", path_str(&path)])
+        .output()
+        .expect("check runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("serial 10") && stdout.contains("1 APIs"), "{stdout}");
+    // A tampered bundle fails the check with a reason.
+    let mut bytes = std::fs::read(f.dir.join("bundle.glb")).expect("read");
+    bytes[40] ^= 1;
+    std::fs::write(f.dir.join("bundle.glb"), bytes).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["check", "--config", path_str(&path)])
+        .output()
+        .expect("check runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad signature"));
+    // An unknown key in the config is named.
+    std::fs::write(&path, "[server]\nlisten_port = 1\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["check", "--config", path_str(&path)])
+        .output()
+        .expect("check runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
+
+    // demo: the printed curl line with the token works, the one without gets 401.
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("demo runs");
+    let stdout = demo.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines_iter();
+    let line = lines
+        .find(|l| l.starts_with("curl -i -H 'Authorization: Bearer "))
+        .expect("a curl line with a token");
+    let token = line.split("Bearer ").nth(1).and_then(|t| t.split('\'').next()).expect("token");
+    let url = line.rsplit(' ').next().expect("url");
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (addr, path) = rest.split_at(rest.find('/').expect("path"));
+    let addr: SocketAddr = addr.parse().expect("address");
+    let r = get(addr, path, Some(token));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["echo"], "gatelet demo backend");
+    assert_eq!(get(addr, path, None).status, 401);
+    let pid = demo.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    assert_eq!(demo.wait().expect("exits").code(), Some(0));
+}
+
+trait LinesIter {
+    fn lines_iter(self) -> Box<dyn Iterator<Item = String>>;
+}
+
+impl<R: std::io::BufRead + 'static> LinesIter for R {
+    fn lines_iter(self) -> Box<dyn Iterator<Item = String>> {
+        Box::new(self.lines().map_while(Result::ok))
+    }
+}
