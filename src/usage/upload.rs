@@ -300,13 +300,8 @@ impl Uploader {
     pub(crate) async fn run(self, stop: smol::channel::Receiver<()>, wake: smol::channel::Receiver<()>) {
         let mut failures: u32 = 0;
         loop {
-            loop {
-                let listing = match spool::list(&self.dir) {
-                    Ok(l) => l,
-                    // The writer reports spool problems; try again next interval.
-                    Err(_) => break,
-                };
-                let Some(file) = listing.closed.into_iter().next() else { break };
+            // A spool that cannot be listed is the writer's to report; try again next interval.
+            while let Some(file) = spool::list(&self.dir).ok().and_then(|l| l.closed.into_iter().next()) {
                 let result = match unless_stopped(&stop, self.upload_one(&file)).await {
                     Step::Done(r) => r,
                     Step::Stopped => return,
