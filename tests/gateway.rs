@@ -231,6 +231,43 @@ fn slowloris_connections_do_not_starve_a_normal_client() {
         .filter(|&closed| closed)
         .count();
     assert_eq!(closed, 100, "stalled connections are closed by the head timeout");
+
+    // An idle keep-alive connection is closed after the same timeout.
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.write_all(b"GET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(read_response(&mut reader).expect("response").status, 200);
+    let idle_start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).expect("closed by the server");
+    let idle = idle_start.elapsed();
+    assert!(
+        idle >= Duration::from_millis(1000) && idle < Duration::from_millis(4000),
+        "closed after {idle:?}"
+    );
+    running.shutdown();
+}
+
+#[test]
+fn max_connections_holds_new_clients_until_one_leaves() {
+    let f = Fixture::new("maxconn");
+    let (running, gw, admin) = start(&f, 10, "max_connections = 2");
+    let hold: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = TcpStream::connect(gw).expect("connect");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The third client is accepted by the kernel but not served while two are open.
+    let third = std::thread::spawn(move || get(gw, "/shop/1.0.0/open", None).status);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!third.is_finished(), "a third connection was served beyond max_connections");
+    let metrics = String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(metrics.contains("gatelet_connections_active 2"), "{metrics}");
+    drop(hold);
+    assert_eq!(third.join().expect("thread"), 200);
     running.shutdown();
 }
 

@@ -872,8 +872,12 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         executor
             .spawn(async move {
-                gw.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
-                gw.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+                // Admin connections are not client traffic: they neither count nor delay a drain.
+                let counted = role != Role::Admin;
+                if counted {
+                    gw.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+                    gw.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+                }
                 match tls {
                     None => connection(Arc::clone(&gw), stream, peer, role, shutdown).await,
                     Some(acceptor) => {
@@ -891,7 +895,9 @@ pub async fn serve(
                         }
                     }
                 }
-                gw.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+                if counted {
+                    gw.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+                }
                 drop(permit);
             })
             .detach();
