@@ -253,12 +253,7 @@ fn slowloris_connections_do_not_starve_a_normal_client() {
 fn max_connections_holds_new_clients_until_one_leaves() {
     let f = Fixture::new("maxconn");
     let (running, gw, admin) = start(&f, 10, "max_connections = 2");
-    let hold: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let s = TcpStream::connect(gw).expect("connect");
-            s
-        })
-        .collect();
+    let hold: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(gw).expect("connect")).collect();
     std::thread::sleep(Duration::from_millis(200));
     // The third client is accepted by the kernel but not served while two are open.
     let third = std::thread::spawn(move || get(gw, "/shop/1.0.0/open", None).status);
