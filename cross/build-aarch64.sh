@@ -16,9 +16,13 @@ export PKG_CONFIG_ALLOW_CROSS=1
 export PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig
 # Debian's cargo carries the aarch64 standard library (libstd-rust-web-dev:arm64); rustup's may not.
 CARGO=/usr/bin/cargo
-[ -x "$CARGO" ] || CARGO=cargo
+if [ -x "$CARGO" ] && [ -x /usr/bin/rustc ]; then
+  export RUSTC=/usr/bin/rustc   # Debian's compiler, matching its aarch64 standard library
+else
+  CARGO=cargo                   # rustup: needs `rustup target add aarch64-unknown-linux-gnu`
+fi
 "$CARGO" build --release --locked --target aarch64-unknown-linux-gnu --bin gatelet
-bin=target/aarch64-unknown-linux-gnu/release/gatelet
+bin=${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/release/gatelet
 ls -l "$bin"
 file "$bin" 2>/dev/null || true
 # OpenSSL's CPU probe hangs under qemu-user without this.

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Throughput and latency through the whole pipeline (token check, throttle, usage record,
+# forwarding) against the same backend reached directly, and against HAProxy doing JWT
+# verification (ES256: HAProxy has no EdDSA) and stick-table rate limiting in front of it.
+# All in one run on this machine; results as ratios to the direct backend.
+#
+# Usage: bench/pipeline.sh [seconds per run, default 10] — installs wrk and haproxy if missing.
+# Pinning: the proxy under test gets CPU 0; the backend and wrk share CPU 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+conns=32
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v haproxy >/dev/null || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
+
+cargo build --release --locked --bin gatelet --example bench_backend 2>&1 | tail -1
+g=target/release/gatelet
+taskset -c 1 target/release/examples/bench_backend 127.0.0.1:18080 &
+sleep 0.3
+
+# A bundle whose API forwards to the backend, with a tier high enough never to refuse.
+mkdir -p "$work/project/apis" "$work/project/keys"
+$g keygen --out "$work/pub" >/dev/null
+$g keygen --out "$work/iss" >/dev/null
+cp "$work/iss.pub" "$work/project/keys/iss.pub"
+cat > "$work/project/gatelet.toml" <<TOML
+label = "bench"
+[[issuer]]
+name = "bench"
+issuer = "https://bench/"
+keys = ["keys/iss.pub"]
+validate_subscription = true
+[policies.api]
+Huge = { requests = 1000000000, per = "1m" }
+[policies.subscription]
+HugeSub = { requests = 1000000000, per = "1m" }
+TOML
+cat > "$work/project/apis/bench.yaml" <<YAML
+openapi: 3.0.3
+info: {title: Bench, version: "1"}
+x-wso2-basePath: /bench/{version}
+x-wso2-production-endpoints: {urls: ["http://127.0.0.1:18080"]}
+x-wso2-throttling-tier: Huge
+paths:
+  /hello:
+    get: {responses: {'200': {description: ok}}}
+YAML
+$g bundle build "$work/project" --key "$work/pub.key" --out "$work/bundle.glb" --serial 1 >/dev/null
+cat > "$work/gatelet.toml" <<TOML
+[server]
+listen = "127.0.0.1:18090"
+admin_listen = "127.0.0.1:18091"
+threads = 1
+[bundle]
+path = "$work/bundle.glb"
+trusted_keys = ["$work/pub.pub"]
+inbox = ""
+[state]
+dir = "$work/state"
+[log]
+level = "warn"
+TOML
+token=$($g token mint --key "$work/iss.key" --issuer https://bench/ --subject bench --api Bench:1 --tier HugeSub --app-id a1 --ttl 3600)
+taskset -c 0 $g run --config "$work/gatelet.toml" &
+sleep 0.5
+curl -sf -H "Authorization: Bearer $token" http://127.0.0.1:18090/bench/1/hello >/dev/null
+
+run() { # name url [header]
+  local name=$1 url=$2; shift 2
+  local out
+  out=$(taskset -c 1 wrk -t1 -c$conns -d${secs}s --latency "$@" "$url")
+  local rps p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  printf '%-34s %12s req/s   p99 %s\n' "$name" "$rps" "$p99"
+  echo "$rps" > "$work/$name.rps"
+}
+
+# HAProxy 2.6: jwt_verify with an ES256 key, a stick table counting per token, then the backend.
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/es.key" 2>/dev/null
+openssl ec -in "$work/es.key" -pubout -out "$work/es.pub" 2>/dev/null
+es_token=$(python3 - "$work/es.key" <<'PY'
+import base64, json, subprocess, sys, time
+def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+h = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+p = b64(json.dumps({"iss": "https://bench/", "sub": "bench", "exp": int(time.time()) + 3600}).encode())
+der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", sys.argv[1]], input=f"{h}.{p}".encode(), capture_output=True, check=True).stdout
+# DER ECDSA signature (30 len 02 rlen r 02 slen s) → raw r||s, the JWS form.
+i = 2 if der[1] < 0x80 else 3
+rl = der[i + 1]; r = der[i + 2:i + 2 + rl]; i += 2 + rl
+sl = der[i + 1]; s = der[i + 2:i + 2 + sl]
+r = r.lstrip(b"\0").rjust(32, b"\0"); s = s.lstrip(b"\0").rjust(32, b"\0")
+print(f"{h}.{p}.{b64(r + s)}")
+PY
+)
+cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:18095
+  stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str ES256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("ES256","$work/es.pub") -m int 1 }
+  http-request track-sc0 var(txn.bearer),jwt_payload_query('\$.sub')
+  http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000000 }
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:18080
+CFG
+taskset -c 0 haproxy -f "$work/haproxy.cfg" &
+sleep 0.5
+curl -sf -H "Authorization: Bearer $es_token" http://127.0.0.1:18095/bench/1/hello >/dev/null
+
+echo "wrk: 1 thread, $conns connections, ${secs}s each"
+run direct-backend http://127.0.0.1:18080/hello
+run gatelet http://127.0.0.1:18090/bench/1/hello -H "Authorization: Bearer $token"
+run haproxy-jwt-ratelimit http://127.0.0.1:18095/hello -H "Authorization: Bearer $es_token"
+d=$(cat "$work/direct-backend.rps"); gt=$(cat "$work/gatelet.rps"); h=$(cat "$work/haproxy-jwt-ratelimit.rps")
+python3 -c "d,g,h=$d,$gt,$h; print(f'gatelet / direct = {g/d:.2f}   gatelet / haproxy = {g/h:.2f}   haproxy / direct = {h/d:.2f}')"
+ps -o rss=,comm= -p "$(pgrep -f "gatelet run --config $work" | head -1)" | awk '{printf "gatelet RSS after load: %.1f MiB\n", $1/1024}'
