@@ -22,6 +22,7 @@ enum Command {
     Run(RunArgs),
     Check(CheckArgs),
     Demo(DemoArgs),
+    Usage(UsageArgs),
 }
 
 /// Run the gateway (the daemon): serve until SIGTERM or SIGINT; SIGHUP reloads the bundle.
@@ -52,6 +53,37 @@ struct DemoArgs {
     /// address to listen on (default 127.0.0.1:9090)
     #[argh(option)]
     listen: Option<String>,
+}
+
+/// Usage files: move closed ones off the device.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "usage")]
+struct UsageArgs {
+    #[argh(subcommand)]
+    command: UsageCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum UsageCommand {
+    Export(UsageExportArgs),
+}
+
+/// Move closed usage files (usage-*.ndjson.gz) from the spool to DIR: copy, fsync, then delete.
+/// Safe while the gateway runs.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "export")]
+struct UsageExportArgs {
+    /// destination directory (created if missing), e.g. a mounted USB stick
+    #[argh(option)]
+    to: PathBuf,
+    /// spool directory (default: GATELET_USAGE_SPOOL_DIR, else [usage] spool_dir of the config)
+    #[argh(option)]
+    spool_dir: Option<PathBuf>,
+    /// configuration file whose [usage] spool_dir is used (default /etc/gatelet/gatelet.toml
+    /// when it exists)
+    #[argh(option)]
+    config: Option<PathBuf>,
 }
 
 /// Generate an Ed25519 key pair: PREFIX.key (PKCS#8 PEM, 0600) and PREFIX.pub (SPKI PEM).
@@ -253,6 +285,11 @@ fn main() -> ExitCode {
             gatelet::demo::run(a.listen.as_deref()).map(|()| String::new())
         }
         Command::Keygen(a) => gatelet::toolkit::keygen(&a.out),
+        Command::Usage(u) => match u.command {
+            UsageCommand::Export(a) => {
+                gatelet::usage::export::export_command(&a.to, a.spool_dir.as_deref(), a.config.as_deref())
+            }
+        },
         Command::Bundle(b) => match b.command {
             BundleCommand::Build(a) => {
                 gatelet::toolkit::bundle_build(&a.project, &a.key, &a.out, a.serial, &mut std::io::stderr())

@@ -147,6 +147,9 @@ pub struct Gateway {
     request_seq: AtomicU64,
     request_prefix: String,
     reload_lock: std::sync::Mutex<()>,
+    /// When this process started, and the clock floor then: their sum is a lower bound on now.
+    started: Instant,
+    start_floor: u64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -269,6 +272,7 @@ impl Gateway {
             Duration::from_millis(config.server.backend_connect_timeout_ms),
             Duration::from_millis(config.server.backend_timeout_ms),
         ));
+        let start_floor = active.clock.floor().0;
         let metrics = Metrics::default();
         metrics.bundle_serial.store(active.bundle.serial(), Ordering::Relaxed);
         metrics.clock_floor_seconds.store(active.clock.floor().0, Ordering::Relaxed);
@@ -285,6 +289,8 @@ impl Gateway {
             ready: AtomicBool::new(true),
             request_seq: AtomicU64::new(0),
             request_prefix: crate::keys::hex(&prefix),
+            started: Instant::now(),
+            start_floor,
             reload_lock: std::sync::Mutex::new(()),
         })
     }
@@ -363,8 +369,13 @@ impl Gateway {
 
     /// Persists the clock floor (the current time, floored): called periodically and at shutdown,
     /// so a device rebooting without a clock starts from the last time it knew.
+    ///
+    /// What is persisted is evidence, not the wall clock: the floor in force at start plus the
+    /// monotonic time since. True time is at least that, so a wall clock that is wrong *ahead*
+    /// (a board that booted into 2099) can never become a permanent floor that expires every
+    /// token.
     pub fn persist_clock(&self) {
-        let now = self.active().clock.now().now;
+        let now = self.start_floor.saturating_add(self.started.elapsed().as_secs());
         if let Err(e) = self.state.raise_clock_floor(now) {
             log::warn!("clock floor not persisted: {e}");
         }

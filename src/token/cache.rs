@@ -19,14 +19,14 @@
 //!
 //! # The key: a 128-bit keyed hash of the whole token
 //! A false hit would let an unverified token ride on another token's verification, so the tag
-//! must not collide, even for someone trying. It is two SipHash-1-3 outputs (std's `RandomState`,
-//! keyed from the OS random source, a new key per cache so per process and per bundle) over two
-//! domain-separated inputs: 128 bits no outsider can compute, since they never see the key or a
-//! tag. 64 bits alone would leave a patient attacker roughly `entries × attempts / 2^64` — not
-//! negligible for a year of traffic against thousands of entries. SHA-256 would need no secret but
-//! costs 5-10 µs per KiB on boards without the ARMv8 SHA instructions (Cortex-A53/A72 in the
-//! Raspberry Pi 3 and 4), more than the whole cached path is allowed; SipHash runs at a few
-//! cycles per byte everywhere.
+//! must not collide, even for someone trying. It is two SipHash-1-3 outputs under std's
+//! `RandomState` (a secret 128-bit key seeded from the OS random source, fresh per process and
+//! varied per cache) over two domain-separated inputs: 128 bits no outsider can compute, since
+//! they never see the key or a tag. 64 bits alone would leave a patient attacker a chance of
+//! about `entries × attempts / 2^64`: not negligible over a year of traffic against thousands of
+//! entries. SHA-256 would need no secret, but on cores without the ARMv8 crypto extension (the
+//! Raspberry Pi 3's and 4's) it costs several µs per KiB (estimate, not measured on a board),
+//! more than the whole cached path may take; SipHash runs at a few cycles per byte everywhere.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -118,7 +118,7 @@ impl<V> Cache<V> {
     }
 
     fn set(&self, tag: Tag) -> Option<&Mutex<Set<V>>> {
-        // Truncation is the point: the low bits of the tag pick the set.
+        // The low bits of the tag pick the set (the number of sets is a power of two).
         let mask = self.sets.len().wrapping_sub(1) as u64;
         self.sets.get(usize::try_from(tag.0[0] & mask).ok()?)
     }

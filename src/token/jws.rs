@@ -3,7 +3,7 @@
 //!
 //! Every limit is checked before the bytes it guards are decoded, and the parse refuses rather
 //! than guesses: exactly three segments, canonical unpadded base64url (`base64ct` refuses
-//! padding, whitespace and non-zero trailing bits), strict JSON ([`super::json`]).
+//! padding, whitespace and non-zero trailing bits), strict JSON ([`super::json`](mod@super::json)).
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 use ed25519_dalek::{Signature, VerifyingKey};

@@ -13,7 +13,6 @@
 //!   `WHERE kind = 'request'`.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
@@ -164,9 +163,72 @@ pub struct UsageEvent {
     pub backend_latency_ms: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    pub client_ip: IpAddr,
+    /// The client's address as seen by the gateway (the TCP peer).
+    pub client_ip: String,
     /// Serial of the bundle that served the request.
     pub bundle_serial: u64,
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl UsageEvent {
+    /// Event number `n` of a plausible synthetic workload, for tests, benches and
+    /// `examples/usage_load.rs`: a random-looking 128-bit request id (`request_id` ends in `-n`, so
+    /// a reader can recover `n`), four APIs, mostly 200s with some 401s, 429s and 502s, varied
+    /// latencies, sizes and client addresses. Deterministic in `n`.
+    pub fn synthetic(n: u64, ts: Timestamp) -> UsageEvent {
+        let r = splitmix64(n);
+        let r2 = splitmix64(r);
+        const APIS: [(&str, &str, &str, &[&str]); 4] = [
+            ("PizzaShack", "1.0.0", "/pizzashack/1.0.0", &["/menu", "/order", "/order/{orderId}"]),
+            ("Inventory", "2.1.0", "/inventory/2.1.0", &["/items", "/items/{id}"]),
+            ("Telemetry", "1.0.0", "/telemetry/1.0.0", &["/readings"]),
+            ("Maintenance", "0.9.0", "/maint/0.9.0", &["/jobs", "/jobs/{id}/close"]),
+        ];
+        let (api, version, context, resources) = APIS[usize::from(u8::try_from(r % 4).unwrap_or(0))];
+        let resource = resources[usize::try_from(r >> 8).unwrap_or(0) % resources.len()];
+        let outcome = (r >> 16) % 100;
+        let (status, error_code, throttled) = match outcome {
+            0..=2 => (401, Some(900_901), false),
+            3..=4 => (429, Some(900_802), true),
+            5 => (502, Some(101_503), false),
+            _ => (200, None, false),
+        };
+        let authenticated = status != 401;
+        let app = (r >> 24) % 20;
+        let backend = status == 200 || status == 502;
+        let backend_ms = ((r2 % 5000) as f64) / 100.0;
+        UsageEvent {
+            ts,
+            request_id: format!("{:016x}{:016x}-{n}", r, r2),
+            api: Some(api.to_owned()),
+            api_version: Some(version.to_owned()),
+            context: Some(context.to_owned()),
+            resource: resource.to_owned(),
+            method: if (r >> 32) % 4 == 0 { "POST" } else { "GET" }.to_owned(),
+            status,
+            app_id: authenticated.then(|| format!("app-{app:04}")),
+            app_name: authenticated.then(|| format!("Line controller {app}")),
+            subscriber: authenticated.then(|| format!("operator{}@factory.example", app % 7)),
+            keytype: authenticated.then(|| if app == 0 { "SANDBOX" } else { "PRODUCTION" }.to_owned()),
+            tier: authenticated.then(|| {
+                ["Gold", "Silver", "Bronze", "Unlimited"][usize::try_from(app % 4).unwrap_or(0)].to_owned()
+            }),
+            throttled,
+            error_code,
+            latency_ms: if backend { backend_ms + 0.35 } else { 0.12 },
+            backend_latency_ms: backend.then_some(backend_ms),
+            request_bytes: if (r >> 32) % 4 == 0 { 180 + (r2 >> 20) % 900 } else { 0 },
+            response_bytes: 64 + (r2 >> 30) % 4000,
+            client_ip: format!("10.20.{}.{}", (r >> 40) % 4, (r >> 48) % 250 + 1),
+            bundle_serial: 17,
+        }
+    }
 }
 
 /// The written form of a request: `kind`, the event, the device.
@@ -291,7 +353,7 @@ mod tests {
             backend_latency_ms: Some(0.5),
             request_bytes: 0,
             response_bytes: 123,
-            client_ip: "10.0.0.9".parse().expect("ip"),
+            client_ip: "10.0.0.9".into(),
             bundle_serial: 17,
         };
         let line = serde_json::to_string(&RequestRecord { kind: "request", event: &e, device_id: "dev" })

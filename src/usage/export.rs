@@ -33,6 +33,9 @@ pub struct ExportReport {
     pub moved: Vec<(String, u64)>,
     /// Files left in the spool because the destination holds a different file of the same name.
     pub conflicts: Vec<String>,
+    /// Files copied (and fsynced) but not deleted from the spool (a read-only flash): they are
+    /// still there, and a later export or upload sends them again under the same name.
+    pub not_removed: Vec<(String, String)>,
 }
 
 fn io_err(what: &str, path: &Path) -> impl Fn(io::Error) -> UsageError {
@@ -66,6 +69,8 @@ pub fn export(spool_dir: &Path, to: &Path) -> Result<ExportReport, UsageError> {
     fs::create_dir_all(to).map_err(io_err("cannot create", to))?;
     let mut report = ExportReport::default();
     for file in &listing.closed {
+        // A corrupt tail is cut first, as before an upload (on a read-only flash the file is
+        // checked, and one that cannot be cut stops the export with the reason).
         let Some(_scan) = spool::check_closed(&file.path).map_err(io_err("cannot read", &file.path))? else {
             continue;
         };
@@ -73,8 +78,7 @@ pub fn export(spool_dir: &Path, to: &Path) -> Result<ExportReport, UsageError> {
         if dest.exists() {
             if same_content(&file.path, &dest).map_err(io_err("cannot compare", &dest))? {
                 // A previous export copied it and stopped before deleting it.
-                spool::remove_if_present(&file.path).map_err(io_err("cannot remove", &file.path))?;
-                report.moved.push((file.name.clone(), file.len));
+                remove_source(&mut report, &file.name, &file.path, file.len);
             } else {
                 report.conflicts.push(file.name.clone());
             }
@@ -110,13 +114,21 @@ pub fn export(spool_dir: &Path, to: &Path) -> Result<ExportReport, UsageError> {
                 ));
             }
         };
-        spool::remove_if_present(&file.path).map_err(io_err("cannot remove", &file.path))?;
-        report.moved.push((file.name.clone(), n));
+        remove_source(&mut report, &file.name, &file.path, n);
     }
-    if !report.moved.is_empty() {
+    if report.moved.len() > report.not_removed.len() {
         spool::fsync_dir(spool_dir).map_err(io_err("cannot sync", spool_dir))?;
     }
     Ok(report)
+}
+
+/// Deletes an exported file from the spool; one that cannot be deleted is reported, not fatal:
+/// its copy is safe at the destination.
+fn remove_source(report: &mut ExportReport, name: &str, path: &Path, len: u64) {
+    report.moved.push((name.to_owned(), len));
+    if let Err(e) = spool::remove_if_present(path) {
+        report.not_removed.push((name.to_owned(), e.to_string()));
+    }
 }
 
 /// Which spool directory `gatelet usage export` works on: `--spool-dir`, else the environment's
@@ -176,6 +188,13 @@ pub fn export_command(
         spool_dir.display(),
         to.display()
     ));
+    if let Some((_, why)) = report.not_removed.first() {
+        return Err(format!(
+            "{out}{} file(s) were copied but could not be deleted from the spool ({why}); they stay there and will be sent again under the same names",
+            report.not_removed.len()
+        )
+        .into());
+    }
     if !report.conflicts.is_empty() {
         return Err(format!(
             "{out}{} already holds different files named {}; they stay in the spool (export each device to its own directory)",

@@ -87,76 +87,66 @@ impl UsageMetrics {
         }
     }
 
-    /// Appends the Prometheus text exposition of these metrics (`gatelet_usage_*`).
-    pub fn render_prometheus(&self, out: &mut String) {
+    /// Every sample as `(name with labels, type, help, value)`, the shape the admin listener's
+    /// `/metrics` renders (samples of one name are adjacent, so one `# HELP`/`# TYPE` covers them).
+    pub fn samples(&self) -> Vec<(String, &'static str, &'static str, u64)> {
         let s = self.snapshot();
-        let dropped = [
+        const DROPPED: &str =
+            "Usage events lost: queue full, flash refused the write, or deleted by the spool cap.";
+        let mut out: Vec<(String, &'static str, &'static str, u64)> = [
             ("queue_full", s.events_dropped_queue_full),
             ("write_failed", s.events_dropped_write_failed),
             ("spool_cap", s.events_dropped_cap),
-        ];
-        let rows: [(&str, &str, &str, u64); 13] = [
+        ]
+        .into_iter()
+        .map(|(reason, v)| {
+            (format!("gatelet_usage_events_dropped_total{{reason=\"{reason}\"}}"), "counter", DROPPED, v)
+        })
+        .collect();
+        let rows: [(&str, &'static str, &'static str, u64); 13] = [
+            ("events_written_total", "counter", "Usage events appended and fsynced.", s.events_written),
+            ("bytes_written_total", "counter", "Compressed bytes appended to usage files.", s.bytes_written),
+            ("flushes_total", "counter", "Gzip members appended (fsyncs of usage data).", s.members_written),
             (
-                "gatelet_usage_events_written_total",
-                "counter",
-                "Usage events appended and fsynced.",
-                s.events_written,
-            ),
-            (
-                "gatelet_usage_bytes_written_total",
-                "counter",
-                "Compressed bytes appended to usage files.",
-                s.bytes_written,
-            ),
-            (
-                "gatelet_usage_flushes_total",
-                "counter",
-                "Gzip members appended (fsyncs of usage data).",
-                s.members_written,
-            ),
-            (
-                "gatelet_usage_write_errors_total",
+                "write_errors_total",
                 "counter",
                 "Failed writes, fsyncs and renames in the spool.",
                 s.write_errors,
             ),
-            ("gatelet_usage_files_closed_total", "counter", "Usage files closed.", s.files_closed),
+            ("files_closed_total", "counter", "Usage files closed.", s.files_closed),
             (
-                "gatelet_usage_files_dropped_total",
+                "files_dropped_total",
                 "counter",
                 "Closed usage files deleted by the spool cap.",
                 s.files_dropped_cap,
             ),
             (
-                "gatelet_usage_bytes_dropped_total",
+                "bytes_dropped_total",
                 "counter",
                 "Bytes of usage files deleted by the spool cap.",
                 s.bytes_dropped_cap,
             ),
-            ("gatelet_usage_spool_bytes", "gauge", "Bytes of usage files in the spool.", s.spool_bytes),
-            (
-                "gatelet_usage_spool_files",
-                "gauge",
-                "Closed usage files waiting for upload or export.",
-                s.spool_files,
-            ),
-            ("gatelet_usage_spool_writable", "gauge", "1 while the spool accepts writes.", s.spool_writable),
-            (
-                "gatelet_usage_uploads_ok_total",
-                "counter",
-                "Usage files accepted by the collector.",
-                s.uploads_ok,
-            ),
-            ("gatelet_usage_uploads_failed_total", "counter", "Failed usage file uploads.", s.uploads_failed),
-            ("gatelet_usage_upload_bytes_total", "counter", "Bytes of usage files uploaded.", s.upload_bytes),
+            ("spool_bytes", "gauge", "Bytes of usage files in the spool.", s.spool_bytes),
+            ("spool_files", "gauge", "Closed usage files waiting for upload or export.", s.spool_files),
+            ("spool_writable", "gauge", "1 while the spool accepts writes.", s.spool_writable),
+            ("uploads_ok_total", "counter", "Usage files accepted by the collector.", s.uploads_ok),
+            ("uploads_failed_total", "counter", "Failed usage file uploads.", s.uploads_failed),
+            ("upload_bytes_total", "counter", "Bytes of usage files uploaded.", s.upload_bytes),
         ];
-        let _ = writeln!(out, "# HELP gatelet_usage_events_dropped_total Usage events lost, by reason.");
-        let _ = writeln!(out, "# TYPE gatelet_usage_events_dropped_total counter");
-        for (reason, v) in dropped {
-            let _ = writeln!(out, "gatelet_usage_events_dropped_total{{reason=\"{reason}\"}} {v}");
-        }
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        out.extend(rows.into_iter().map(|(n, k, h, v)| (format!("gatelet_usage_{n}"), k, h, v)));
+        out
+    }
+
+    /// Appends the Prometheus text exposition of [`UsageMetrics::samples`].
+    pub fn render_prometheus(&self, out: &mut String) {
+        let mut last_family = String::new();
+        for (name, kind, help, v) in self.samples() {
+            let family = name.split('{').next().unwrap_or(&name);
+            if family != last_family {
+                let _ = writeln!(out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+                last_family = family.to_owned();
+            }
+            let _ = writeln!(out, "{name} {v}");
         }
     }
 }
@@ -175,5 +165,7 @@ mod tests {
         assert!(out.contains("gatelet_usage_events_dropped_total{reason=\"queue_full\"} 3\n"), "{out}");
         assert!(out.contains("\ngatelet_usage_uploads_ok_total 2\n"), "{out}");
         assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 16);
+        assert_eq!(out.matches("# TYPE gatelet_usage_events_dropped_total counter").count(), 1);
+        assert_eq!(m.samples().len(), 16);
     }
 }

@@ -163,12 +163,12 @@ pub fn recover(dir: &Path) -> io::Result<Recovery> {
 /// verify (flash corruption; the writer never closes such a file) is cut to its verified members,
 /// or removed when none verifies. Returns the scan of what remains, `None` when the file is gone.
 pub fn check_closed(path: &Path) -> io::Result<Option<Scan>> {
-    let f = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
+    // Read-only first: a flash gone read-only must still be uploadable and exportable.
+    let scan = match File::open(path) {
+        Ok(f) => gzip::scan(BufReader::new(f))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let scan = gzip::scan(BufReader::new(&f))?;
     if scan.is_intact() && scan.valid_len > 0 {
         return Ok(Some(scan));
     }
@@ -180,10 +180,10 @@ pub fn check_closed(path: &Path) -> io::Result<Option<Scan>> {
         scan.members
     );
     if scan.valid_len == 0 {
-        drop(f);
         remove_if_present(path)?;
         return Ok(None);
     }
+    let f = OpenOptions::new().write(true).open(path)?;
     f.set_len(scan.valid_len)?;
     f.sync_all()?;
     Ok(Some(Scan { total_len: scan.valid_len, ..scan }))

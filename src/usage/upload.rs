@@ -328,7 +328,10 @@ impl Uploader {
                 smol::Timer::after(self.interval).await;
             }
             .or(async {
-                let _ = wake.recv().await;
+                if wake.recv().await.is_err() {
+                    // The writer is gone (shutting down): only the timer or `stop` end the wait.
+                    std::future::pending::<()>().await;
+                }
             });
             if let Step::Stopped = unless_stopped(&stop, wait).await {
                 return;
@@ -439,15 +442,24 @@ where
         let text = String::from_utf8_lossy(&kept).trim().replace(['\r', '\n'], " ");
         Ok((status, text))
     };
-    request
+    // The connection future drives the exchange. It may finish first (a server that answers and
+    // closes): the response it read is already handed over, so the request is still awaited;
+    // had nothing come, the request fails by itself (and UPLOAD_TIMEOUT bounds it either way).
+    enum First<T> {
+        Request(T),
+        Connection,
+    }
+    let mut request = std::pin::pin!(request);
+    let first = async { First::Request((&mut request).await) }
         .or(async {
-            conn.await?;
-            Err(UploadError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed before the response",
-            )))
+            let _ = conn.await;
+            First::Connection
         })
-        .await
+        .await;
+    match first {
+        First::Request(r) => r,
+        First::Connection => request.await,
+    }
 }
 
 #[cfg(test)]

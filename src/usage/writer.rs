@@ -99,6 +99,9 @@ pub(crate) struct Writer {
     last_rescan: Instant,
     next_seq: u64,
     health: Health,
+    /// When the current run of write failures began (logged once, cleared by the next append
+    /// that succeeds).
+    failing_since: Option<Instant>,
     /// Losses not yet written in a `usage_dropped` record.
     pending: Loss,
     /// The queue-full counter as of the last `usage_dropped` record written.
@@ -132,6 +135,7 @@ impl Writer {
             last_rescan: now,
             next_seq: 0,
             health: Health::Failed { retry_at: now },
+            failing_since: None,
             pending: Loss::default(),
             queue_full_reported: 0,
             last_serial: None,
@@ -176,17 +180,18 @@ impl Writer {
     }
 
     fn next_deadline(&self, now: Instant) -> Instant {
-        let mut d = now + RESCAN_INTERVAL;
+        // While failing, events are dropped as they arrive; the only timer is the retry.
+        if let Health::Failed { retry_at } = self.health {
+            return retry_at;
+        }
+        let mut d = (self.last_rescan + RESCAN_INTERVAL).max(now);
         if let Some(since) = self.batch_since {
             d = d.min(since + self.cfg.flush_interval());
         }
         if let Some(p) = &self.part {
             d = d.min(p.opened_at + self.cfg.rotate_interval());
         }
-        if let Health::Failed { retry_at } = self.health {
-            d = d.min(retry_at);
-        }
-        d.min(self.last_rescan + RESCAN_INTERVAL)
+        d
     }
 
     /// Creates the directory, recovers `.part` files, lists the spool and enforces the cap. On
@@ -213,21 +218,36 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
-                if self.health != Health::Writable {
-                    log::info!("usage: spool {} is writable", self.dir.display());
-                }
                 self.health = Health::Writable;
-                self.metrics.spool_writable.store(1, Ordering::Relaxed);
+                if self.unreported().0.is_empty() {
+                    self.mark_writable(now);
+                } else {
+                    // The losses are written down at the next flush, events or not; that append
+                    // tells whether the flash takes writes again.
+                    self.batch_since.get_or_insert(now);
+                }
             }
             Err(e) => self.fail(&e, now),
         }
         self.update_gauges();
     }
 
+    fn mark_writable(&mut self, now: Instant) {
+        if let Some(since) = self.failing_since.take() {
+            log::info!(
+                "usage: spool {} writable again after {}s",
+                self.dir.display(),
+                now.saturating_duration_since(since).as_secs()
+            );
+        }
+        self.metrics.spool_writable.store(1, Ordering::Relaxed);
+    }
+
     fn fail(&mut self, e: &io::Error, now: Instant) {
         add(&self.metrics.write_errors, 1);
         self.metrics.spool_writable.store(0, Ordering::Relaxed);
-        if self.health == Health::Writable {
+        if self.failing_since.is_none() {
+            self.failing_since = Some(now);
             log::error!(
                 "usage: spool {}: {e}; dropping usage (counted) and retrying every {}s",
                 self.dir.display(),
@@ -269,7 +289,9 @@ impl Writer {
         self.batch_events += 1;
         let now = Instant::now();
         self.batch_since.get_or_insert(now);
-        if self.enc.input_bytes() >= BATCH_MAX_BYTES {
+        // Never more uncompressed than `rotate_bytes` either, so a member is at most about a
+        // file's size and always fits under the cap (validated: rotate_bytes <= half of it).
+        if self.enc.input_bytes() >= BATCH_MAX_BYTES.min(self.cfg.rotate_bytes) {
             self.flush(now);
         }
     }
@@ -294,10 +316,13 @@ impl Writer {
 
     fn maintain(&mut self, now: Instant) {
         if let Health::Failed { retry_at } = self.health {
-            if now >= retry_at {
-                self.start_up(now);
+            if now < retry_at {
+                return;
             }
-            return;
+            self.start_up(now);
+            if self.health != Health::Writable {
+                return;
+            }
         }
         let (loss, _) = self.unreported();
         if !loss.is_empty() {
@@ -359,6 +384,7 @@ impl Writer {
         self.batch_since = None;
         match self.append(&member, now) {
             Ok(()) => {
+                self.mark_writable(now);
                 add(&self.metrics.events_written, events);
                 add(&self.metrics.bytes_written, member.len() as u64);
                 add(&self.metrics.members_written, 1);
