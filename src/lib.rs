@@ -1,18 +1,28 @@
 //! gatelet: an offline API microgateway for Linux ARM boards, and the toolkit that feeds it.
 //!
-//! # The path of a request (the data plane, landing module by module)
+//! # The path of a request
 //!
 //! ```text
-//!  client ──► listener (HTTP/HTTPS, limits) ──► route (longest context, template, method)
-//!         ──► authenticate (self-contained EdDSA JWT, no network)
-//!         ──► throttle (fixed in-memory buckets, decided before forwarding)
-//!         ──► forward (pooled HTTP/1.1 to the local backend) ──► respond
-//!         ──► usage event (bounded queue ──► gzip NDJSON spool on flash ──► upload)
+//!  client ─► server::serve: accept (max_connections, TCP_NODELAY, TLS 1.2+)
+//!         ─► server::guard: smuggling shapes (CL+TE, odd codings, obs-fold) → 400 + close
+//!         ─► hyper HTTP/1.1 on smol: head timeout, head size (431)
+//!         ─► Gateway::handle ─► router: normalise path once; longest context, template, method (404/405)
+//!                            ─► token: self-contained EdDSA JWT, cached, no network (401/403)
+//!                            ─► throttle: fixed in-memory buckets, counted before forwarding (429)
+//!                            ─► server::upstream: pooled HTTP/1.1 to the backend (502/504)
+//!                            ─► response streams back; when it ends, a usage record
+//!         ─► usage: bounded queue ─► gzip NDJSON spool on flash ─► upload or `usage export`
 //! ```
+//!
+//! Where does a request get throttled? In [`server::Gateway::handle`], after authentication and
+//! before forwarding, by [`throttle::Throttle::check`]. Where does a refusal become a status and
+//! a fault body? In one place, `Gateway::fault` (src/server/mod.rs).
 //!
 //! Everything a device runs comes from one verified [`bundle::Bundle`]: it exists only after
 //! [`bundle::verify`] checked framing, signature, decoding and every semantic rule, and
-//! [`state::StateStore`] accepted it as not older than the last one.
+//! [`state::StateStore`] accepted it as not older than the last one. A reload builds a new
+//! [`server::Active`] (routes, validator, throttle) and swaps it in; requests in flight keep
+//! the one they started with.
 //!
 //! # Modules
 //!
@@ -21,15 +31,23 @@
 //!   the `inspect` JSON view. Byte-level spec: `bundle-format/SPEC.md`.
 //! - [`project`] — the toolkit's compiler: `gatelet.toml` + OpenAPI (`x-wso2-*`) + keys →
 //!   manifest, every reference resolved at build time.
-//! - [`token`] — self-contained tokens: JWS/EdDSA parsing with hard limits, the WSO2 claim
-//!   profile, the verified-token cache, the clock floor, `token mint`. Pure: no sockets, no files.
 //! - [`state`] — the only module over sled: anti-rollback mark and clock floor, flushed before
 //!   anything relies on them.
+//! - [`config`] — the device's `gatelet.toml`: defaults, file, `GATELET_<SECTION>_<KEY>`,
+//!   command line, resolved in one place.
+//! - [`router`] — path normalisation and routing. Pure.
+//! - [`token`] — self-contained tokens: JWS/EdDSA parsing with hard limits, the WSO2 claim
+//!   profile, the verified-token cache, the clock floor, `token mint`. Pure: no sockets, no files.
 //! - [`throttle`] — the throttling decision: WSO2's API/resource/subscription/application levels,
 //!   exact fixed windows, fixed-size tables, IETF `RateLimit` headers. Pure: time is passed in.
-//! - [`toolkit`] — the `keygen` and `bundle` commands, as `main.rs` calls them.
+//! - [`server`] — the data plane: listeners, framing guard, pipeline, backend pool, admin
+//!   endpoints, metrics. Only it (and `usage`) touches sockets.
+//! - [`daemon`] — `run` and `check`: start-up order, signals, inbox and SIGHUP reloads, drain,
+//!   systemd notifications.
+//! - [`demo`] — `gatelet demo`: the embedded default with an echo backend.
 //! - [`usage`] — usage records: bounded queue, gzip NDJSON spool on flash (one fsynced member per
 //!   flush, crash recovery, hard cap), uploader with backoff, `usage export`.
+//! - [`toolkit`] — the workstation commands (`keygen`, `bundle`, `token`), as `main.rs` calls them.
 
 pub mod bundle;
 pub mod config;

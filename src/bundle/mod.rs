@@ -1,5 +1,5 @@
 //! The signed offline API bundle: what it holds ([`model`]), how it is framed, signed and
-//! verified ([`format`]), and its JSON view for `bundle inspect` ([`inspect_json`]).
+//! verified ([`format`](mod@format)), and its JSON view for `bundle inspect` ([`inspect_json`]).
 
 pub mod format;
 pub mod model;

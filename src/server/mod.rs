@@ -7,7 +7,7 @@
 //!        ─► forward (502/504) ─► response ─► usage record when the body ends
 //! ```
 //!
-//! [`Gateway::fault`] is the one place a refusal becomes a status, a fault body and a metric.
+//! `Gateway::fault` is the one place a refusal becomes a status, a fault body and a metric.
 //! The bundle in force is an [`Active`] behind an `Arc`: a reload builds a new one and swaps the
 //! pointer, so requests in flight finish on the bundle they started with.
 
