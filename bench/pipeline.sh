@@ -18,8 +18,9 @@ command -v haproxy >/dev/null || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
 
 cargo build --release --locked --bin gatelet --example bench_backend 2>&1 | tail -1
-g=target/release/gatelet
-taskset -c 1 target/release/examples/bench_backend 127.0.0.1:18080 &
+t=${CARGO_TARGET_DIR:-target}
+g=$t/release/gatelet
+taskset -c 1 "$t/release/examples/bench_backend" 127.0.0.1:18080 &
 sleep 0.3
 
 # A bundle whose API forwards to the backend, with a tier high enough never to refuse.
