@@ -52,7 +52,9 @@ fn spool_all(dir: &Path, evs: &[UsageEvent]) -> Duration {
     let r = s.recorder();
     let t0 = Instant::now();
     for e in evs {
-        // A benchmark wants the writer's sustained rate, not the queue's: wait out a full queue.
+        // The writer's sustained rate, with the request path's own call: a refused event is
+        // offered again (spinning, as a busy gateway keeps offering new ones) rather than waited
+        // for with `record_waiting`, whose park/unpark per slot would slow the writer.
         while r.try_record(e.clone()).is_err() {
             std::thread::yield_now();
         }

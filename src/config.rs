@@ -28,7 +28,7 @@ pub struct Config {
     pub state: StateConfig,
     pub auth: AuthConfig,
     pub throttle: ThrottleConfig,
-    pub usage: toml::Table, // TEMP until src/usage lands
+    pub usage: crate::usage::UsageConfig,
     pub log: LogConfig,
 }
 
@@ -174,7 +174,7 @@ impl Default for Config {
             state: StateConfig::default(),
             auth: AuthConfig::default(),
             throttle: ThrottleConfig::default(),
-            usage: toml::Table::new(),
+            usage: crate::usage::UsageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -309,6 +309,7 @@ impl Config {
         if self.bundle.trusted_keys.is_empty() {
             return Err(ConfigError("bundle.trusted_keys is empty: no bundle could ever be accepted".into()));
         }
+        self.usage.validate().map_err(|e| ConfigError(format!("[usage] {e}")))?;
         if log_level(&self.log.level).is_none() {
             return Err(ConfigError(format!(
                 "log.level = {:?}: use error, warn, info, debug or trace",

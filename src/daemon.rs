@@ -17,7 +17,8 @@ use smol::net::TcpListener;
 use smol::stream::StreamExt;
 
 use crate::config::Config;
-use crate::server::{self, Gateway, Role, Shutdown, StartError, UsageSink};
+use crate::server::{self, Gateway, Role, Shutdown, StartError, UsageRecord, UsageSink};
+use crate::usage::{self, Spooler, Timestamp, UsageEvent};
 
 /// Largest file taken from the inbox (same limit as any bundle).
 const INBOX_MAX: u64 = crate::bundle::format::MAX_FILE;
@@ -111,9 +112,62 @@ async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, StartError>
     TcpListener::bind(addr).await.map(Some).map_err(|e| StartError(format!("{what} listener {addr}: {e}")))
 }
 
-/// Starts the gateway: verifies and accepts the bundle, binds the listeners and serves on a
-/// thread pool. `usage` receives a record per request.
-pub fn start(config: Config, usage: Option<Box<dyn UsageSink>>) -> Result<Running, StartError> {
+/// The usage spooler as the data plane's sink.
+struct SpoolSink(Spooler);
+
+fn none_if_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl UsageSink for SpoolSink {
+    fn record(&self, r: UsageRecord) {
+        let event = UsageEvent {
+            ts: Timestamp(r.ts_ms),
+            request_id: r.request_id,
+            api: none_if_empty(r.api),
+            api_version: none_if_empty(r.api_version),
+            context: none_if_empty(r.context),
+            resource: r.resource,
+            method: r.method,
+            status: r.status,
+            app_id: none_if_empty(r.app_id),
+            app_name: none_if_empty(r.app_name),
+            subscriber: none_if_empty(r.subscriber),
+            keytype: none_if_empty(r.keytype),
+            tier: none_if_empty(r.tier),
+            throttled: r.throttled,
+            over_quota: r.over_quota,
+            error_code: r.error_code,
+            latency_ms: r.latency_ms,
+            backend_latency_ms: r.backend_latency_ms,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            client_ip: r.client_ip,
+            bundle_serial: r.bundle_serial,
+        };
+        // A full queue drops and counts; the request never waits.
+        let _ = self.0.try_record(event);
+    }
+
+    fn metrics(&self) -> Vec<(String, &'static str, &'static str, u64)> {
+        self.0.metrics().samples()
+    }
+
+    fn shutdown(&self) {
+        self.0.shutdown();
+    }
+}
+
+/// Starts the usage spooler with a clock that never reads earlier than `floor_s`.
+fn start_usage(config: &usage::UsageConfig, floor_s: u64) -> Result<Spooler, StartError> {
+    let floor_ms = floor_s.saturating_mul(1000);
+    let clock: usage::Clock = Arc::new(move || Timestamp(Timestamp::now().0.max(floor_ms)));
+    Spooler::start_with_clock(config, clock).map_err(|e| StartError(format!("usage: {e}")))
+}
+
+/// Starts the gateway: verifies and accepts the bundle, starts the usage spooler, binds the
+/// listeners and serves on a thread pool.
+pub fn start(config: Config) -> Result<Running, StartError> {
     let threads = match config.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -132,6 +186,9 @@ pub fn start(config: Config, usage: Option<Box<dyn UsageSink>>) -> Result<Runnin
             bind(&config.server.admin_listen, "admin").await?,
         ))
     })?;
+    let floor = prepared.floor.max(prepared.bundle.manifest().created_at);
+    let spooler = start_usage(&config.usage, floor)?;
+    let usage: Option<Box<dyn UsageSink>> = Some(Box::new(SpoolSink(spooler)));
     let gateway = Arc::new(Gateway::new(config, prepared, Arc::clone(&executor), usage)?);
     let bound = Bound {
         http: http.as_ref().and_then(|l| l.local_addr().ok()),
@@ -409,8 +466,8 @@ impl Running {
 }
 
 /// `gatelet run`: start, serve until SIGTERM/SIGINT, drain, exit.
-pub fn run(config: Config, usage: Option<Box<dyn UsageSink>>) -> Result<(), StartError> {
-    let running = start(config, usage)?;
+pub fn run(config: Config) -> Result<(), StartError> {
+    let running = start(config)?;
     running.wait_for_signals()?;
     running.shutdown();
     Ok(())

@@ -138,7 +138,7 @@ pub fn prepare(listen: Option<&str>) -> DemoResult<Demo> {
         format!(
             "[server]\nlisten = \"127.0.0.1:9090\"\nadmin_listen = \"127.0.0.1:0\"\n\
              [bundle]\npath = \"{d}/bundle.glb\"\ntrusted_keys = [\"{d}/publisher.pub\"]\ninbox = \"{d}/inbox\"\n\
-             [state]\ndir = \"{d}/state\"\n"
+             [state]\ndir = \"{d}/state\"\n[usage]\nspool_dir = \"{d}/spool\"\n"
         ),
     )?;
     let config =
@@ -163,7 +163,7 @@ pub fn prepare(listen: Option<&str>) -> DemoResult<Demo> {
 /// `gatelet demo`.
 pub fn run(listen: Option<&str>) -> DemoResult<()> {
     let demo = prepare(listen)?;
-    let running = match crate::daemon::start(demo.config.clone(), None) {
+    let running = match crate::daemon::start(demo.config.clone()) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&demo.dir);

@@ -273,7 +273,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => resolve_config(a.config, &Default::default()).and_then(|config| {
             init_logging(&config.log.level);
-            gatelet::daemon::run(config, None)?;
+            gatelet::daemon::run(config)?;
             Ok(String::new())
         }),
         Command::Check(a) => resolve_config(a.config, &Default::default()).and_then(|config| {

@@ -13,7 +13,7 @@ use gatelet::daemon::{self, Running};
 fn start(f: &Fixture, serial: u64, extra: &str) -> (Running, SocketAddr, SocketAddr) {
     let path = f.config(serial, extra);
     let config = Config::resolve(Some(&path), std::iter::empty(), &Overrides::default()).expect("config");
-    let running = daemon::start(config, None).expect("gateway starts");
+    let running = daemon::start(config).expect("gateway starts");
     let http = running.bound.http.expect("http bound");
     let admin = running.bound.admin.expect("admin bound");
     (running, http, admin)
@@ -312,7 +312,7 @@ fn reload_keeps_the_old_bundle_on_bad_input_and_switches_on_a_newer_one() {
     // above: the rollback mark refuses it at start-up.
     let path = f.dir.join("gatelet.toml");
     let config = Config::resolve(Some(&path), std::iter::empty(), &Overrides::default()).expect("config");
-    let err = daemon::start(config, None).expect_err("rollback refused at start");
+    let err = daemon::start(config).expect_err("rollback refused at start");
     assert!(err.to_string().contains("rollback refused"), "{err}");
 }
 
@@ -484,4 +484,74 @@ impl<R: std::io::BufRead + 'static> LinesIter for R {
     fn lines_iter(self) -> Box<dyn Iterator<Item = String>> {
         Box::new(self.lines().map_while(Result::ok))
     }
+}
+
+#[test]
+fn every_request_outcome_becomes_one_usage_record_on_flash() {
+    use std::io::Read as _;
+    let f = Fixture::new("usage");
+    let (running, gw, _) = start(&f, 10, "");
+    let token = f.token(|_| {});
+    let mut sent = Vec::new();
+    for path in [
+        "/shop/1.0.0/items/1",
+        "/shop/1.0.0/limited",
+        "/shop/1.0.0/limited",
+        "/shop/1.0.0/limited",
+        "/shop/1.0.0/limited",
+    ] {
+        sent.push(get(gw, path, Some(&token)).status);
+    }
+    sent.push(get(gw, "/shop/1.0.0/items/1", None).status);
+    sent.push(get(gw, "/nowhere", None).status);
+    assert_eq!(sent, [200, 200, 200, 200, 429, 401, 404]);
+    running.shutdown();
+
+    // Shutdown flushed and closed the spool: only closed files, each a valid gzip stream.
+    let spool = f.dir.join("spool");
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(&spool).expect("spool dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        assert!(name.starts_with("usage-") && name.ends_with(".ndjson.gz"), "unexpected file {name}");
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).expect("open"))
+            .read_to_string(&mut text)
+            .expect("gzip");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+            if v["kind"] == "request" {
+                records.push(v);
+            }
+        }
+    }
+    records.sort_by_key(|r| {
+        r["request_id"].as_str().map(|id| {
+            let (_, n) = id.rsplit_once('-').expect("prefix-seq");
+            u64::from_str_radix(n, 16).expect("hex seq")
+        })
+    });
+    let statuses: Vec<u64> = records.iter().map(|r| r["status"].as_u64().expect("status")).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 401, 404], "{records:#?}");
+    let first = &records[0];
+    assert_eq!(first["api"], "Shop");
+    assert_eq!(first["context"], "/shop/1.0.0");
+    assert_eq!(first["resource"], "/items/{id}");
+    assert_eq!(first["app_id"], "app-1");
+    assert_eq!(first["subscriber"], "alice");
+    assert_eq!(first["keytype"], "PRODUCTION");
+    assert_eq!(first["tier"], "Gold");
+    assert_eq!(first["bundle_serial"], 10);
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert!(first["error_code"].is_null());
+    assert!(first["response_bytes"].as_u64().expect("bytes") > 0);
+    assert!(first["backend_latency_ms"].as_f64().is_some());
+    assert_eq!(
+        (records[4]["throttled"].as_bool(), records[4]["error_code"].as_u64()),
+        (Some(true), Some(900802))
+    );
+    assert_eq!(records[5]["error_code"], 900902);
+    assert!(records[5]["app_id"].is_null());
+    assert!(records[6]["api"].is_null());
+    assert_eq!(records[6]["error_code"], 900906);
 }

@@ -100,6 +100,8 @@ impl Active {
 /// What a request's usage record says, filled along the pipeline.
 #[derive(Debug, Clone, Default)]
 pub struct UsageRecord {
+    /// Arrival, Unix milliseconds, floor-corrected.
+    pub ts_ms: u64,
     pub request_id: String,
     pub api: String,
     pub api_version: String,
@@ -479,6 +481,7 @@ impl Gateway {
         self.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         let active = self.active();
         let mut record = UsageRecord {
+            ts_ms: now_ms(active.clock.now().now),
             request_id: self.next_request_id(),
             method: req.method().as_str().to_owned(),
             client_ip: peer.ip().to_string(),
@@ -560,7 +563,7 @@ impl Gateway {
                 record.app_id = app.id.clone().unwrap_or_default();
                 record.app_name = app.name.clone().unwrap_or_default();
             }
-            record.tier = p.subscription_tier().unwrap_or_default().to_owned();
+            record.tier = p.subscription_tier().or(p.application_tier()).unwrap_or_default().to_owned();
             Some(p)
         };
 

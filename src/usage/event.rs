@@ -155,6 +155,9 @@ pub struct UsageEvent {
     /// Throttling tier applied (subscription tier, else the application's).
     pub tier: Option<String>,
     pub throttled: bool,
+    /// Passed over quota at a tier with `stop_on_quota_reach = false` (WSO2's
+    /// `ALLOWED_ON_QUOTA_REACHED`): served, but to be billed or reviewed as over quota.
+    pub over_quota: bool,
     /// WSO2 fault code sent (900901, 900800, 101503, …); null when the request was served.
     pub error_code: Option<u32>,
     /// Time from the request's arrival to the response's last byte.
@@ -220,6 +223,7 @@ impl UsageEvent {
                 ["Gold", "Silver", "Bronze", "Unlimited"][usize::try_from(app % 4).unwrap_or(0)].to_owned()
             }),
             throttled,
+            over_quota: false,
             error_code,
             latency_ms: if backend { backend_ms + 0.35 } else { 0.12 },
             backend_latency_ms: backend.then_some(backend_ms),
@@ -348,6 +352,7 @@ mod tests {
             keytype: Some("PRODUCTION".into()),
             tier: Some("Gold".into()),
             throttled: false,
+            over_quota: false,
             error_code: None,
             latency_ms: 1.25,
             backend_latency_ms: Some(0.5),
@@ -361,7 +366,7 @@ mod tests {
         assert!(line.as_bytes().starts_with(REQUEST_LINE_PREFIX), "{line}");
         assert_eq!(
             line,
-            r#"{"kind":"request","ts":"2026-11-28T20:00:00.123Z","request_id":"r1","api":"PizzaShack","api_version":"1.0.0","context":"/pizzashack/1.0.0","resource":"/menu","method":"GET","status":200,"app_id":null,"app_name":null,"subscriber":null,"keytype":"PRODUCTION","tier":"Gold","throttled":false,"error_code":null,"latency_ms":1.25,"backend_latency_ms":0.5,"request_bytes":0,"response_bytes":123,"client_ip":"10.0.0.9","bundle_serial":17,"device_id":"dev"}"#
+            r#"{"kind":"request","ts":"2026-11-28T20:00:00.123Z","request_id":"r1","api":"PizzaShack","api_version":"1.0.0","context":"/pizzashack/1.0.0","resource":"/menu","method":"GET","status":200,"app_id":null,"app_name":null,"subscriber":null,"keytype":"PRODUCTION","tier":"Gold","throttled":false,"over_quota":false,"error_code":null,"latency_ms":1.25,"backend_latency_ms":0.5,"request_bytes":0,"response_bytes":123,"client_ip":"10.0.0.9","bundle_serial":17,"device_id":"dev"}"#
         );
         let loss = LossRecord {
             kind: "usage_dropped",

@@ -125,6 +125,21 @@ impl UsageRecorder {
             }
         }
     }
+
+    /// Queues one event, waiting for room when the queue is full. For tools, benchmarks and
+    /// tests that want every event; never on the request path, which must not wait.
+    pub fn record_waiting(&self, event: UsageEvent) -> Result<(), Dropped> {
+        match self.tx.send(Msg::Event(Box::new(event))) {
+            Ok(()) => {
+                add(&self.metrics.events_queued, 1);
+                Ok(())
+            }
+            Err(_) => {
+                add(&self.metrics.events_dropped_queue_full, 1);
+                Err(Dropped::ShutDown)
+            }
+        }
+    }
 }
 
 struct Threads {

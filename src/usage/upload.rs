@@ -341,19 +341,15 @@ impl Uploader {
 
     /// Sends one file; on a 2xx deletes it. A file that vanished meanwhile (cap, export) is Ok.
     async fn upload_one(&self, file: &SpoolFile) -> Result<(), UploadError> {
-        let path = file.path.clone();
-        // Blocking file work (read, verify) off the async thread's reactor, though it is ours.
-        let checked = smol::unblock(move || -> std::io::Result<Option<Vec<u8>>> {
-            match spool::check_closed(&path)? {
-                None => Ok(None),
-                Some(_) => match std::fs::read(&path) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e),
-                },
-            }
-        })
-        .await?;
+        // This thread is the uploader's own: blocking file work here holds up nothing else.
+        let checked = match spool::check_closed(&file.path)? {
+            None => None,
+            Some(_) => match std::fs::read(&file.path) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
         let Some(body) = checked else { return Ok(()) };
         let len = body.len() as u64;
         let credentials = match &self.auth_file {
@@ -385,12 +381,8 @@ impl Uploader {
         }
         add(&self.metrics.uploads_ok, 1);
         add(&self.metrics.upload_bytes, len);
-        let (path, dir) = (file.path.clone(), self.dir.clone());
-        smol::unblock(move || -> std::io::Result<()> {
-            spool::remove_if_present(&path)?;
-            spool::fsync_dir(&dir)
-        })
-        .await?;
+        spool::remove_if_present(&file.path)?;
+        spool::fsync_dir(&self.dir)?;
         log::debug!("usage: uploaded {} ({len} bytes)", file.name);
         Ok(())
     }

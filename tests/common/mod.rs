@@ -197,7 +197,7 @@ components:
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout_ms = 1500\n\
              backend_timeout_ms = 1000\nbackend_connect_timeout_ms = 500\ndrain_timeout_s = 10\nthreads = 2\n{extra}\n\
              [bundle]\npath = \"{d}/bundle.glb\"\ntrusted_keys = [\"{d}/publisher.pub\"]\ninbox = \"{d}/inbox\"\ninbox_poll_ms = 100\n\
-             [state]\ndir = \"{d}/state\"\n[log]\nlevel = \"debug\"\n"
+             [state]\ndir = \"{d}/state\"\n[usage]\nspool_dir = \"{d}/spool\"\nflush_interval_ms = 100\n[log]\nlevel = \"debug\"\n"
         );
         let path = self.dir.join("gatelet.toml");
         std::fs::write(&path, text).expect("write config");
