@@ -20,7 +20,7 @@ const MAX_CONFIG_FILE: u64 = 1024 * 1024;
 /// The default configuration file of `run` and `check`.
 pub const DEFAULT_PATH: &str = "/etc/gatelet/gatelet.toml";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -163,20 +163,6 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { level: "info".into() }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            bundle: BundleConfig::default(),
-            state: StateConfig::default(),
-            auth: AuthConfig::default(),
-            throttle: ThrottleConfig::default(),
-            usage: crate::usage::UsageConfig::default(),
-            log: LogConfig::default(),
-        }
     }
 }
 
