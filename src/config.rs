@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub backend_timeout_ms: u64,
     /// Idle keep-alive connections kept per backend.
     pub backend_pool_size: u32,
+    /// Extra trusted root certificate (PEM) for HTTPS backends with a private CA; the system
+    /// roots stay trusted. Empty: system roots only.
+    pub backend_ca_file: PathBuf,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout_s: u64,
     /// Add `RateLimit-Policy`/`RateLimit` headers to successful responses too.
@@ -82,6 +85,7 @@ impl Default for ServerConfig {
             backend_connect_timeout_ms: 2_000,
             backend_timeout_ms: 30_000,
             backend_pool_size: 16,
+            backend_ca_file: PathBuf::new(),
             drain_timeout_s: 15,
             ratelimit_headers: true,
             threads: 0,

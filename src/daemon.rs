@@ -43,6 +43,7 @@ pub fn check(config: &Config) -> Result<String, StartError> {
     if !config.server.listen_tls.is_empty() {
         server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?;
     }
+    server::backend_root(&config.server.backend_ca_file)?;
     let rollback = match &prepared.state {
         Some(s) => match s.rollback_mark() {
             Ok(Some(mark)) => format!("ok (last accepted serial {})", mark.serial),

@@ -145,6 +145,18 @@ fn throttling_backend_failures_and_limits() {
     assert!(throttled.header("ratelimit").expect("ratelimit").contains("r=0"));
     assert!(statuses[0].header("ratelimit").is_some(), "successful responses carry the headers too");
 
+    // Failover: the first URL refuses connections, the second answers.
+    let r = get(gw, "/shop/1.0.0/failover", Some(&token));
+    assert_eq!(r.json()["uri"], "/second/failover");
+    // Load balancing: successive requests rotate through the list.
+    let uris: Vec<String> = (0..4)
+        .map(|_| {
+            get(gw, "/shop/1.0.0/balanced", Some(&token)).json()["uri"].as_str().expect("uri").to_owned()
+        })
+        .collect();
+    assert!(uris.contains(&"/x/balanced".to_owned()) && uris.contains(&"/y/balanced".to_owned()), "{uris:?}");
+    assert_ne!(uris[0], uris[1], "{uris:?}");
+
     // Backend down → 502, backend slow → 504.
     let r = get(gw, "/shop/1.0.0/down", Some(&token));
     assert_eq!((r.status, r.fault_code()), (502, 101503));
@@ -338,10 +350,23 @@ fn https_listener_with_a_certificate_made_by_the_test() {
         .output()
         .expect("openssl runs");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // An HTTPS backend with the same private CA, reached through server.backend_ca_file.
+    let tls_backend = start_tls_backend(&cert, &key);
+    std::fs::write(
+        f.dir.join("project/apis/secure.yaml"),
+        format!(
+            "openapi: 3.0.3\ninfo: {{title: Secure, version: '1'}}\nx-wso2-basePath: /secure/{{version}}\n\
+             x-wso2-production-endpoints: {{urls: [\"https://localhost:{}/tls\"]}}\nx-wso2-disable-security: true\n\
+             paths:\n  /hello:\n    get: {{responses: {{'200': {{description: ok}}}}}}\n",
+            tls_backend.port()
+        ),
+    )
+    .expect("write");
     let extra = format!(
-        "listen_tls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        "listen_tls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nbackend_ca_file = \"{}\"",
         cert.display(),
-        key.display()
+        key.display(),
+        cert.display()
     );
     let (running, _, _) = start(&f, 10, &extra);
     let addr = running.bound.https.expect("https bound");
@@ -366,6 +391,18 @@ fn https_listener_with_a_certificate_made_by_the_test() {
         .build()
         .expect("connector");
     assert!(old.connect("localhost", TcpStream::connect(addr).expect("connect")).is_err());
+    // Forwarding to an HTTPS backend, verified against the configured CA.
+    let r = get(running.bound.http.expect("http"), "/secure/1/hello", None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["uri"], "/tls/hello");
+    running.shutdown();
+
+    // Without the CA the backend's certificate is not trusted: 502, never an unverified connection.
+    let path = f.config(11, &format!("listen_tls = \"\"\nbackend_ca_file = \"\""));
+    let config = Config::resolve(Some(&path), std::iter::empty(), &Overrides::default()).expect("config");
+    let running = daemon::start(config).expect("starts");
+    let r = get(running.bound.http.expect("http"), "/secure/1/hello", None);
+    assert_eq!((r.status, r.fault_code()), (502, 101503));
     running.shutdown();
 }
 
@@ -390,18 +427,28 @@ fn sigterm_drains_an_in_flight_request_and_exits_zero() {
             let _ = tx.send(line);
         }
     });
-    let mut http = None;
-    while http.is_none() {
+    let (mut http, mut admin) = (None, None);
+    while http.is_none() || admin.is_none() {
         let line = rx.recv_timeout(Duration::from_secs(10)).expect("gatelet logs its listeners");
         if let Some(a) = line.split("listening http ").nth(1) {
             http = Some(a.trim().parse::<SocketAddr>().expect("address"));
         }
+        if let Some(a) = line.split("listening admin ").nth(1) {
+            admin = Some(a.trim().parse::<SocketAddr>().expect("address"));
+        }
     }
-    let gw = http.expect("bound");
+    let (gw, admin) = (http.expect("bound"), admin.expect("bound"));
+    let pid = child.id().to_string();
+
+    // SIGHUP re-reads bundle.path: a newer bundle there is swapped in.
+    std::fs::write(f.dir.join("bundle.glb"), f.bundle(11)).expect("write");
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    let serial = || get(admin, "/readyz", None).json()["bundle_serial"].as_u64();
+    assert!(eventually(Duration::from_secs(5), || serial() == Some(11)), "SIGHUP reload");
+
     let token = f.token(|_| {});
     let slow = std::thread::spawn(move || get(gw, "/shop/1.0.0/slow?ms=800", Some(&token)));
     std::thread::sleep(Duration::from_millis(300));
-    let pid = child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     let r = slow.join().expect("request thread");
     assert_eq!(r.status, 200, "the in-flight request finished");
@@ -417,6 +464,7 @@ fn sigterm_drains_an_in_flight_request_and_exits_zero() {
         heard.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
     }
     assert_eq!(heard.first().map(String::as_str), Some("READY=1"), "{heard:?}");
+    assert!(heard.windows(2).any(|w| w == ["RELOADING=1", "READY=1"]), "{heard:?}");
     assert_eq!(heard.last().map(String::as_str), Some("STOPPING=1"), "{heard:?}");
 }
 

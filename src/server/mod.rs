@@ -273,6 +273,7 @@ impl Gateway {
             config.server.backend_pool_size as usize,
             Duration::from_millis(config.server.backend_connect_timeout_ms),
             Duration::from_millis(config.server.backend_timeout_ms),
+            backend_root(&config.server.backend_ca_file)?,
         ));
         let start_floor = active.clock.floor().0;
         let metrics = Metrics::default();
@@ -816,6 +817,18 @@ impl ShutdownTrigger {
     pub fn trigger(&self) {
         self.0.close();
     }
+}
+
+/// The extra root certificate for HTTPS backends, if configured.
+pub fn backend_root(path: &Path) -> Result<Option<async_native_tls::Certificate>, StartError> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let pem = std::fs::read(path)
+        .map_err(|e| StartError(format!("server.backend_ca_file {}: {e}", path.display())))?;
+    async_native_tls::Certificate::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| StartError(format!("server.backend_ca_file {}: {e}", path.display())))
 }
 
 /// The listeners' TLS identity: PEM certificate chain and PKCS#8 key; TLS 1.2 or newer only.

@@ -67,7 +67,13 @@ impl Upstreams {
         pool_size: usize,
         connect_timeout: Duration,
         response_timeout: Duration,
+        extra_root: Option<async_native_tls::Certificate>,
     ) -> Upstreams {
+        let mut tls = async_native_tls::TlsConnector::new()
+            .min_protocol_version(Some(async_native_tls::Protocol::Tlsv12));
+        if let Some(root) = extra_root {
+            tls = tls.add_root_certificate(root);
+        }
         Upstreams {
             pools: Mutex::new(HashMap::new()),
             pool_size,
@@ -75,8 +81,7 @@ impl Upstreams {
             response_timeout,
             next: AtomicUsize::new(0),
             executor,
-            tls: async_native_tls::TlsConnector::new()
-                .min_protocol_version(Some(async_native_tls::Protocol::Tlsv12)),
+            tls,
         }
     }
 

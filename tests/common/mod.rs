@@ -81,6 +81,37 @@ pub fn start_backend() -> SocketAddr {
     addr
 }
 
+/// Starts the test backend behind TLS (PEM certificate chain and PKCS#8 key).
+pub fn start_tls_backend(cert: &Path, key: &Path) -> SocketAddr {
+    let identity = native_tls::Identity::from_pkcs8(
+        &std::fs::read(cert).expect("cert"),
+        &std::fs::read(key).expect("key"),
+    )
+    .expect("identity");
+    let acceptor: async_native_tls::TlsAcceptor =
+        native_tls::TlsAcceptor::new(identity).expect("acceptor").into();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let listener = smol::net::TcpListener::try_from(listener).expect("async listener");
+        let ex = Arc::new(smol::Executor::new());
+        smol::block_on(ex.run(async {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                ex.spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(FuturesIo::new(tls), hyper::service::service_fn(backend))
+                        .await;
+                })
+                .detach();
+            }
+        }));
+    });
+    addr
+}
+
 /// A port nothing listens on.
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -170,6 +201,14 @@ paths:
   /down:
     get:
       x-wso2-production-endpoints: {{urls: [\"http://127.0.0.1:{down}/\"]}}
+      responses: {{'200': {{description: ok}}}}
+  /failover:
+    get:
+      x-wso2-production-endpoints: {{type: failover, urls: [\"http://127.0.0.1:{down}/first\", \"http://{b}/second\"]}}
+      responses: {{'200': {{description: ok}}}}
+  /balanced:
+    get:
+      x-wso2-production-endpoints: {{type: load_balance, urls: [\"http://{b}/x\", \"http://{b}/y\"]}}
       responses: {{'200': {{description: ok}}}}
 components:
   securitySchemes:
