@@ -398,7 +398,7 @@ fn https_listener_with_a_certificate_made_by_the_test() {
     running.shutdown();
 
     // Without the CA the backend's certificate is not trusted: 502, never an unverified connection.
-    let path = f.config(11, &format!("listen_tls = \"\"\nbackend_ca_file = \"\""));
+    let path = f.config(11, "listen_tls = \"\"\nbackend_ca_file = \"\"");
     let config = Config::resolve(Some(&path), std::iter::empty(), &Overrides::default()).expect("config");
     let running = daemon::start(config).expect("starts");
     let r = get(running.bound.http.expect("http"), "/secure/1/hello", None);
