@@ -17,7 +17,7 @@ use smol::net::TcpListener;
 use smol::stream::StreamExt;
 
 use crate::config::Config;
-use crate::server::{self, Gateway, Role, Shutdown, StartError, UsageRecord, UsageSink};
+use crate::server::{self, Gateway, Role, Shutdown, StartError, UsageSink};
 use crate::usage::{self, Spooler, Timestamp, UsageEvent};
 
 /// Largest file taken from the inbox (same limit as any bundle).
@@ -116,36 +116,8 @@ async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, StartError>
 /// The usage spooler as the data plane's sink.
 struct SpoolSink(Spooler);
 
-fn none_if_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
-
 impl UsageSink for SpoolSink {
-    fn record(&self, r: UsageRecord) {
-        let event = UsageEvent {
-            ts: Timestamp(r.ts_ms),
-            request_id: r.request_id,
-            api: none_if_empty(r.api),
-            api_version: none_if_empty(r.api_version),
-            context: none_if_empty(r.context),
-            resource: r.resource,
-            method: r.method,
-            status: r.status,
-            app_id: none_if_empty(r.app_id),
-            app_name: none_if_empty(r.app_name),
-            subscriber: none_if_empty(r.subscriber),
-            keytype: none_if_empty(r.keytype),
-            tier: none_if_empty(r.tier),
-            throttled: r.throttled,
-            over_quota: r.over_quota,
-            error_code: r.error_code,
-            latency_ms: r.latency_ms,
-            backend_latency_ms: r.backend_latency_ms,
-            request_bytes: r.request_bytes,
-            response_bytes: r.response_bytes,
-            client_ip: r.client_ip,
-            bundle_serial: r.bundle_serial,
-        };
+    fn record(&self, event: UsageEvent) {
         // A full queue drops and counts; the request never waits.
         let _ = self.0.try_record(event);
     }

@@ -38,6 +38,7 @@ use crate::router::{self, Miss, Router};
 use crate::state::StateStore;
 use crate::throttle::{self, Caller, Decision, Throttle};
 use crate::token::{self, KeyType, Principal, TokenError, Validator};
+use crate::usage::{Timestamp, UsageEvent};
 
 pub use body::{BoxError, ProxyBody};
 use body::{Meter, Metered, full};
@@ -97,37 +98,9 @@ impl Active {
     }
 }
 
-/// What a request's usage record says, filled along the pipeline.
-#[derive(Debug, Clone, Default)]
-pub struct UsageRecord {
-    /// Arrival, Unix milliseconds, floor-corrected.
-    pub ts_ms: u64,
-    pub request_id: String,
-    pub api: String,
-    pub api_version: String,
-    pub context: String,
-    pub resource: String,
-    pub method: String,
-    pub status: u16,
-    pub app_id: String,
-    pub app_name: String,
-    pub subscriber: String,
-    pub keytype: String,
-    pub tier: String,
-    pub throttled: bool,
-    pub over_quota: bool,
-    pub error_code: Option<u32>,
-    pub latency_ms: f64,
-    pub backend_latency_ms: Option<f64>,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub client_ip: String,
-    pub bundle_serial: u64,
-}
-
 /// Where usage records go (the usage spooler, or nowhere).
 pub trait UsageSink: Send + Sync {
-    fn record(&self, record: UsageRecord);
+    fn record(&self, record: UsageEvent);
     /// Extra `/metrics` samples: (name with labels, type, help, value).
     fn metrics(&self) -> Vec<(String, &'static str, &'static str, u64)> {
         Vec::new()
@@ -389,7 +362,7 @@ impl Gateway {
     }
 
     /// The one place a refusal becomes a response and a metric.
-    fn fault(&self, refusal: &Refusal, record: &mut UsageRecord) -> Response<ProxyBody> {
+    fn fault(&self, refusal: &Refusal, record: &mut UsageEvent) -> Response<ProxyBody> {
         let (status, code, message, description): (u16, u32, &str, String) = match refusal {
             Refusal::BadPath(e) => (400, 900906, "Bad Request", e.to_string()),
             Refusal::NotFound => (
@@ -481,13 +454,29 @@ impl Gateway {
         let start = Instant::now();
         self.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         let active = self.active();
-        let mut record = UsageRecord {
-            ts_ms: now_ms(active.clock.now().now),
+        let mut record = UsageEvent {
+            ts: Timestamp(now_ms(active.clock.now().now)),
             request_id: self.next_request_id(),
+            api: None,
+            api_version: None,
+            context: None,
+            resource: String::new(),
             method: req.method().as_str().to_owned(),
+            status: 0,
+            app_id: None,
+            app_name: None,
+            subscriber: None,
+            keytype: None,
+            tier: None,
+            throttled: false,
+            over_quota: false,
+            error_code: None,
+            latency_ms: 0.0,
+            backend_latency_ms: None,
+            request_bytes: 0,
+            response_bytes: 0,
             client_ip: peer.ip().to_string(),
             bundle_serial: active.bundle.serial(),
-            ..UsageRecord::default()
         };
         let result = self.pipeline(&active, req, peer, tls, &mut record).await;
         let mut response = match result {
@@ -498,7 +487,7 @@ impl Gateway {
             response.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
         }
         record.status = response.status().as_u16();
-        self.metrics.request(if record.api.is_empty() { "none" } else { &record.api }, record.status);
+        self.metrics.request(record.api.as_deref().unwrap_or("none"), record.status);
         // The usage record is written when the response body has been sent (or dropped).
         let gw = Arc::clone(&self);
         let done: Box<dyn FnOnce(u64) + Send> = Box::new(move |bytes| {
@@ -520,13 +509,14 @@ impl Gateway {
         req: Request<Incoming>,
         peer: SocketAddr,
         tls: bool,
-        record: &mut UsageRecord,
+        record: &mut UsageEvent,
     ) -> Result<Response<ProxyBody>, Refusal> {
         if !self.is_ready() {
             return Err(Refusal::NotReady);
         }
         let manifest = active.bundle.manifest();
         let path = router::normalize_path(req.uri().path()).map_err(Refusal::BadPath)?;
+        record.resource.clone_from(&path);
         let route = active.router.route(&path, req.method().as_str()).map_err(|miss| match miss {
             Miss::NotFound => Refusal::NotFound,
             Miss::MethodNotAllowed { api, path_template } => {
@@ -535,10 +525,10 @@ impl Gateway {
         })?;
         let Some((api, op)) = router::operation(manifest, route) else { return Err(Refusal::NotFound) };
         let resource = Router::strip_context(&api.context, &path).unwrap_or("/").to_owned();
-        record.api = api.name.clone();
-        record.api_version = api.version.clone();
-        record.context = api.context.clone();
-        record.resource = op.path.clone();
+        record.api = Some(api.name.clone());
+        record.api_version = Some(api.version.clone());
+        record.context = Some(api.context.clone());
+        record.resource.clone_from(&op.path);
 
         // Authenticate.
         let reading = active.clock.now();
@@ -558,13 +548,13 @@ impl Gateway {
             let p = active.validator.validate(token, api, op, reading.now).map_err(Refusal::Token)?;
             raw_token = token.to_owned();
             let t = p.token();
-            record.subscriber = t.subject.clone();
-            record.keytype = t.key_type.as_str().to_owned();
+            record.subscriber = Some(t.subject.clone());
+            record.keytype = Some(t.key_type.as_str().to_owned());
             if let Some(app) = &t.application {
-                record.app_id = app.id.clone().unwrap_or_default();
-                record.app_name = app.name.clone().unwrap_or_default();
+                record.app_id.clone_from(&app.id);
+                record.app_name.clone_from(&app.name);
             }
-            record.tier = p.subscription_tier().or(p.application_tier()).unwrap_or_default().to_owned();
+            record.tier = p.subscription_tier().or(p.application_tier()).map(str::to_owned);
             Some(p)
         };
 
