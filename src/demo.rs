@@ -59,26 +59,41 @@ async fn echo(req: Request<Incoming>) -> Result<Response<ProxyBody>, std::conver
     Ok(resp)
 }
 
-/// Starts the echo backend on a loopback port, on its own thread. Returns its address.
-pub fn start_echo_backend() -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    std::thread::Builder::new().name("gatelet-demo-echo".into()).spawn(move || {
-        let Ok(listener) = smol::net::TcpListener::try_from(listener) else { return };
+/// Serves HTTP/1.1 on `listener` with `handler`, on a thread of its own (the demo's echo backend,
+/// and the backends of tests and benches).
+pub fn spawn_http_server<F, Fut, B>(listener: std::net::TcpListener, handler: F) -> std::io::Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = smol::net::TcpListener::try_from(listener)?;
+    std::thread::Builder::new().name("gatelet-http-server".into()).spawn(move || {
         let ex = Arc::new(smol::Executor::new());
         smol::block_on(ex.run(async {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
                 ex.spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(FuturesIo::new(stream), hyper::service::service_fn(echo))
+                        .serve_connection(FuturesIo::new(stream), hyper::service::service_fn(handler))
                         .await;
                 })
                 .detach();
             }
         }));
     })?;
+    Ok(())
+}
+
+/// Starts the echo backend on a loopback port. Returns its address.
+pub fn start_echo_backend() -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    spawn_http_server(listener, echo)?;
     Ok(addr)
 }
 

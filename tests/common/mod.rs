@@ -62,22 +62,7 @@ async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::c
 pub fn start_backend() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
     let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let listener = smol::net::TcpListener::try_from(listener).expect("async listener");
-        let ex = Arc::new(smol::Executor::new());
-        smol::block_on(ex.run(async {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let _ = stream.set_nodelay(true);
-                ex.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(FuturesIo::new(stream), hyper::service::service_fn(backend))
-                        .await;
-                })
-                .detach();
-            }
-        }));
-    });
+    gatelet::demo::spawn_http_server(listener, backend).expect("backend thread");
     addr
 }
 
