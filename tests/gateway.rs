@@ -553,6 +553,20 @@ fn every_request_outcome_becomes_one_usage_record_on_flash() {
     sent.push(get(gw, "/shop/1.0.0/items/1", None).status);
     sent.push(get(gw, "/nowhere", None).status);
     assert_eq!(sent, [200, 200, 200, 200, 429, 401, 404]);
+    // A client that gives up while the backend works: the request still leaves one record (499)
+    // and the in-flight gauge comes back down.
+    let mut s = TcpStream::connect(gw).expect("connect");
+    write!(s, "GET /shop/1.0.0/slow?ms=1500 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    let admin = running.bound.admin.expect("admin");
+    let gauge = || {
+        String::from_utf8(get(admin, "/metrics", None).body)
+            .expect("text")
+            .contains("gatelet_requests_in_flight 0")
+    };
+    assert!(eventually(Duration::from_secs(3), gauge), "in-flight gauge back to 0");
     running.shutdown();
 
     // Shutdown flushed and closed the spool: only closed files, each a valid gzip stream.
@@ -580,7 +594,8 @@ fn every_request_outcome_becomes_one_usage_record_on_flash() {
         })
     });
     let statuses: Vec<u64> = records.iter().map(|r| r["status"].as_u64().expect("status")).collect();
-    assert_eq!(statuses, [200, 200, 200, 200, 429, 401, 404], "{records:#?}");
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 401, 404, 499], "{records:#?}");
+    assert_eq!(records[7]["resource"], "/slow");
     let first = &records[0];
     assert_eq!(first["api"], "Shop");
     assert_eq!(first["context"], "/shop/1.0.0");

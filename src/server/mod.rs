@@ -454,7 +454,7 @@ impl Gateway {
         let start = Instant::now();
         self.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         let active = self.active();
-        let mut record = UsageEvent {
+        let record = UsageEvent {
             ts: Timestamp(now_ms(active.clock.now().now)),
             request_id: self.next_request_id(),
             api: None,
@@ -478,25 +478,28 @@ impl Gateway {
             client_ip: peer.ip().to_string(),
             bundle_serial: active.bundle.serial(),
         };
-        let result = self.pipeline(&active, req, peer, tls, &mut record).await;
+        // From here on the record belongs to a guard: whatever happens to this future (a client
+        // that disconnects while the backend works drops it), the in-flight gauge comes back down
+        // and the request leaves exactly one usage record.
+        let mut flight = InFlight { gw: Arc::clone(&self), record: Some(record), start, answered: false };
+        let Some(record) = flight.record.as_mut() else { return Response::new(full(Bytes::new())) };
+        let result = self.pipeline(&active, req, peer, tls, record).await;
         let mut response = match result {
             Ok(resp) => resp,
-            Err(refusal) => self.fault(&refusal, &mut record),
+            Err(refusal) => self.fault(&refusal, record),
         };
         if let Ok(v) = HeaderValue::from_str(&record.request_id) {
             response.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
         }
         record.status = response.status().as_u16();
         self.metrics.request(record.api.as_deref().unwrap_or("none"), record.status);
+        flight.answered = true;
         // The usage record is written when the response body has been sent (or dropped).
-        let gw = Arc::clone(&self);
         let done: Box<dyn FnOnce(u64) + Send> = Box::new(move |bytes| {
-            record.response_bytes = bytes;
-            record.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-            gw.metrics.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
-            if let Some(u) = &gw.usage {
-                u.record(record);
+            if let Some(r) = flight.record.as_mut() {
+                r.response_bytes = bytes;
             }
+            drop(flight);
         });
         let (parts, body) = response.into_parts();
         let metered = Metered::new(body, u64::MAX, Arc::new(Meter::default()), Some(done));
@@ -776,6 +779,34 @@ fn pick_endpoints<'a>(api: &'a Api, op: &'a Operation, key_type: KeyType) -> Opt
     match key_type {
         KeyType::Production => op.production.as_ref().or(api.production.as_ref()),
         KeyType::Sandbox => op.sandbox.as_ref().or(api.sandbox.as_ref()),
+    }
+}
+
+/// Status recorded for a request whose client went away before it was answered (as nginx logs).
+const CLIENT_CLOSED: u16 = 499;
+
+/// One request in flight: holds its usage record until the response body is done, and on drop
+/// (however that happens) lowers the in-flight gauge and hands the record to the usage sink.
+struct InFlight {
+    gw: Arc<Gateway>,
+    record: Option<UsageEvent>,
+    start: Instant,
+    /// Whether a response was produced (and counted in `gatelet_requests_total`).
+    answered: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gw.metrics.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Some(mut record) = self.record.take() else { return };
+        if !self.answered {
+            record.status = CLIENT_CLOSED;
+            self.gw.metrics.request(record.api.as_deref().unwrap_or("none"), CLIENT_CLOSED);
+        }
+        record.latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        if let Some(u) = &self.gw.usage {
+            u.record(record);
+        }
     }
 }
 

@@ -19,6 +19,12 @@ use crate::state::{StateError, StateStore};
 pub trait TimeSource: Send + Sync {
     /// Seconds since the Unix epoch.
     fn unix_now(&self) -> u64;
+
+    /// Seconds on a monotonic clock (any origin), used to move the floor forward while the wall
+    /// clock is behind it. The default never moves, which suits hand-set clocks.
+    fn monotonic_s(&self) -> u64 {
+        0
+    }
 }
 
 /// The operating system's clock.
@@ -29,6 +35,11 @@ impl TimeSource for SystemTime {
     fn unix_now(&self) -> u64 {
         // A clock before 1970 reads as 0; the floor then takes over.
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    fn monotonic_s(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_secs()
     }
 }
 
@@ -107,11 +118,18 @@ impl Reading {
 }
 
 /// Wall clock plus floor. Built once per bundle (the floor depends on it).
+///
+/// The floor is evidence of a time that has passed; while the clock runs, time keeps passing, so
+/// the floor in force is the floor at construction plus the monotonic time since. A board without
+/// a real-time clock that boots into 1970 therefore still sees tokens expire and throttling
+/// windows roll.
 #[derive(Debug)]
 pub struct Clock<S = SystemTime> {
     source: S,
     floor: u64,
     origin: FloorOrigin,
+    /// `source.monotonic_s()` at construction.
+    mono_origin: u64,
 }
 
 impl<S: TimeSource> Clock<S> {
@@ -124,7 +142,8 @@ impl<S: TimeSource> Clock<S> {
         } else {
             (0, FloorOrigin::None)
         };
-        Clock { source, floor, origin }
+        let mono_origin = source.monotonic_s();
+        Clock { source, floor, origin, mono_origin }
     }
 
     /// [`Clock::new`] with the floor read from the device's state store. Reads only; raising the
@@ -135,17 +154,57 @@ impl<S: TimeSource> Clock<S> {
 
     pub fn now(&self) -> Reading {
         let wall = self.source.unix_now();
-        Reading { now: wall.max(self.floor), wall, floor: self.floor, origin: self.origin }
+        let floor = self.current_floor();
+        Reading { now: wall.max(floor), wall, floor, origin: self.origin }
     }
 
-    /// The floor in force and where it came from.
+    /// The floor in force (the floor at construction plus the monotonic time since) and where
+    /// it came from.
     pub fn floor(&self) -> (u64, FloorOrigin) {
-        (self.floor, self.origin)
+        (self.current_floor(), self.origin)
+    }
+
+    fn current_floor(&self) -> u64 {
+        if self.floor == 0 {
+            return 0;
+        }
+        self.floor.saturating_add(self.source.monotonic_s().saturating_sub(self.mono_origin))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Board {
+        wall: AtomicU64,
+        mono: AtomicU64,
+    }
+
+    impl super::TimeSource for Board {
+        fn unix_now(&self) -> u64 {
+            self.wall.load(Ordering::Relaxed)
+        }
+        fn monotonic_s(&self) -> u64 {
+            self.mono.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_floored_clock_keeps_moving() {
+        // A board without an RTC: the wall clock says 1970, the floor says 2026.
+        let board = Board { wall: AtomicU64::new(5), mono: AtomicU64::new(100) };
+        let clock = super::Clock::new(board, 1_795_000_000, 0);
+        assert_eq!(clock.now().now, 1_795_000_000);
+        clock.source.mono.store(100 + 3600, Ordering::Relaxed);
+        let r = clock.now();
+        assert_eq!(r.now, 1_795_003_600, "an hour later, the floored time is an hour later");
+        assert!(r.floored());
+        // Once the wall clock is set and ahead of the floor, it wins.
+        clock.source.wall.store(1_796_000_000, Ordering::Relaxed);
+        assert_eq!(clock.now().now, 1_796_000_000);
+    }
+
     use super::*;
 
     #[test]
