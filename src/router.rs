@@ -16,6 +16,9 @@ pub enum PathError {
     NotOrigin,
     /// A `%` not followed by two hex digits, or an encoded NUL.
     BadEncoding,
+    /// An encoded `/` or `\`, a raw `\`, or a dot segment with parameters (`..;x`): shapes a
+    /// backend may resolve differently from the router, so they are refused, not forwarded.
+    Ambiguous,
     /// Longer than [`MAX_PATH`].
     TooLong,
 }
@@ -25,6 +28,9 @@ impl std::fmt::Display for PathError {
         f.write_str(match self {
             PathError::NotOrigin => "request target is not an absolute path",
             PathError::BadEncoding => "bad percent-encoding in the path",
+            PathError::Ambiguous => {
+                "path with an encoded slash or backslash, or a dot segment with parameters"
+            }
             PathError::TooLong => "path too long",
         })
     }
@@ -44,9 +50,14 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 /// RFC 3986 normalisation of an origin-form path: percent-encoded unreserved characters are
-/// decoded, other escapes upper-cased (an encoded `/` stays encoded and never splits a segment),
-/// empty segments (duplicate slashes) dropped, and dot segments resolved without climbing above
-/// the root. A trailing slash is dropped. The result starts with `/`.
+/// decoded, other escapes upper-cased, raw non-ASCII bytes percent-encoded, empty segments
+/// (duplicate slashes) dropped, and dot segments resolved without climbing above the root. A
+/// trailing slash is dropped. The result starts with `/`.
+///
+/// Shapes that backends resolve differently from each other — an encoded `/` or `\`, a raw `\`,
+/// a dot segment with path parameters (`..;x`, which servlet containers treat as `..`) — are
+/// refused ([`PathError::Ambiguous`]) rather than forwarded: what the router matched must be what
+/// the backend serves.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if raw.len() > MAX_PATH {
         return Err(PathError::TooLong);
@@ -72,6 +83,9 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
                 if v == 0 {
                     return Err(PathError::BadEncoding);
                 }
+                if v == b'/' || v == b'\\' {
+                    return Err(PathError::Ambiguous);
+                }
                 if is_unreserved(v) {
                     out.push(char::from(v));
                 } else {
@@ -80,10 +94,24 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
                     out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
                 }
                 i += 3;
+            } else if b == b'\\' {
+                return Err(PathError::Ambiguous);
+            } else if b >= 0x80 {
+                // Raw non-ASCII bytes (hyper passes UTF-8 through) are percent-encoded, so the
+                // path stays ASCII and byte-exact.
+                out.push('%');
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xf)]));
+                i += 1;
             } else {
                 out.push(char::from(b));
                 i += 1;
             }
+        }
+        // `..;x` and `.;x` are dot segments to servlet containers, which strip path parameters.
+        let bare = out.split(';').next().unwrap_or("");
+        if (bare == "." || bare == "..") && out.contains(';') {
+            return Err(PathError::Ambiguous);
         }
         match out.as_str() {
             "" | "." => {}
@@ -265,11 +293,11 @@ mod tests {
             ("/a/./b/../c", "/a/c"),
             ("/../../a", "/a"),
             ("/%61%62c", "/abc"),
-            ("/a%2fb", "/a%2Fb"),
             ("/a%2e%2e/b", "/a../b"),
             ("/x/%2E%2E/y", "/y"),
             ("/a%20b", "/a%20b"),
-            ("/a%2f", "/a%2F"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
+            ("/a;b/c", "/a;b/c"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -278,6 +306,9 @@ mod tests {
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEncoding));
         assert_eq!(normalize_path("/a%0"), Err(PathError::BadEncoding));
         assert_eq!(normalize_path("/a%00b"), Err(PathError::BadEncoding));
+        for ambiguous in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/files/..;/admin", "/x/.;y/z"] {
+            assert_eq!(normalize_path(ambiguous), Err(PathError::Ambiguous), "{ambiguous}");
+        }
         assert_eq!(normalize_path(&"/a".repeat(3000)), Err(PathError::TooLong));
     }
 

@@ -86,8 +86,24 @@ fn tokens_scopes_subscriptions_routes_and_forwarding() {
     let r = get(gw, "/shop/1.0.0/items/1", Some(&unsubscribed));
     assert_eq!((r.status, r.fault_code()), (403, 900908));
 
-    // Open resource: no token needed.
-    assert_eq!(get(gw, "/shop/1.0.0/open", None).status, 200);
+    // Open resource: no token needed, and no forged assertion reaches the backend, however spelled.
+    let r = send(
+        gw,
+        "GET",
+        "/shop/1.0.0/open",
+        &[("X-JWT-Assertion", "forged"), ("X_JWT_Assertion", "forged")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let headers = r.json()["headers"].as_object().expect("headers").clone();
+    assert!(
+        headers.keys().all(|k| !k.replace('_', "-").eq_ignore_ascii_case("x-jwt-assertion")),
+        "{headers:?}"
+    );
+    // Paths a backend could resolve differently from the router are refused.
+    for p in ["/shop/1.0.0/items/..;/admin", "/shop/1.0.0/items/a%2Fb", "/shop/1.0.0/items/a%5cb"] {
+        assert_eq!(get(gw, p, Some(&token)).status, 400, "{p}");
+    }
 
     // Unknown path and method.
     let r = get(gw, "/nope/items", Some(&token));

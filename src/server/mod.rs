@@ -200,6 +200,34 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Headers gatelet sets for the backend, or consumes: a client's copy is never forwarded.
+const OWNED: [&str; 6] = [
+    "x-jwt-assertion",
+    "authorization",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// Removes client headers that a backend could read as one gatelet sets: `X_JWT_Assertion` is a
+/// different header to HTTP, but CGI, WSGI and Rack map `_` and `-` to the same variable, so
+/// underscore spellings of owned headers (and of the API's token header) are dropped.
+fn strip_spoofable(headers: &mut HeaderMap, auth_header: &HeaderName) {
+    let spoofs: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            let dashed = k.as_str().replace('_', "-");
+            OWNED.contains(&dashed.as_str()) || dashed == auth_header.as_str()
+        })
+        .cloned()
+        .collect();
+    for k in spoofs {
+        headers.remove(&k);
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -603,6 +631,7 @@ impl Gateway {
             format!("{resource}{query}")
         };
         strip_hop_by_hop(&mut parts.headers);
+        strip_spoofable(&mut parts.headers, &auth_header);
         let h = &mut parts.headers;
         h.remove(&auth_header);
         h.remove(header::AUTHORIZATION);
