@@ -181,7 +181,7 @@ mod tests {
         mono: AtomicU64,
     }
 
-    impl super::TimeSource for Board {
+    impl TimeSource for Board {
         fn unix_now(&self) -> u64 {
             self.wall.load(Ordering::Relaxed)
         }
@@ -194,7 +194,7 @@ mod tests {
     fn a_floored_clock_keeps_moving() {
         // A board without an RTC: the wall clock says 1970, the floor says 2026.
         let board = Board { wall: AtomicU64::new(5), mono: AtomicU64::new(100) };
-        let clock = super::Clock::new(board, 1_795_000_000, 0);
+        let clock = Clock::new(board, 1_795_000_000, 0);
         assert_eq!(clock.now().now, 1_795_000_000);
         clock.source.mono.store(100 + 3600, Ordering::Relaxed);
         let r = clock.now();
