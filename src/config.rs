@@ -292,6 +292,26 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError(format!("{key} must be at least 1")));
         }
+        // Upper bounds: far beyond any real use, and far from memory exhaustion or timer overflow.
+        let at_most = [
+            ("server.max_connections", u64::from(s.max_connections), 1 << 20),
+            ("server.header_read_timeout_ms", s.header_read_timeout_ms, 3_600_000),
+            ("server.backend_connect_timeout_ms", s.backend_connect_timeout_ms, 3_600_000),
+            ("server.backend_timeout_ms", s.backend_timeout_ms, 86_400_000),
+            ("server.backend_pool_size", u64::from(s.backend_pool_size), 4096),
+            ("server.drain_timeout_s", s.drain_timeout_s, 3600),
+            ("server.threads", u64::from(s.threads), 256),
+            ("bundle.inbox_poll_ms", self.bundle.inbox_poll_ms, 3_600_000),
+            ("auth.token_cache_entries", u64::from(self.auth.token_cache_entries), 1 << 20),
+            (
+                "throttle.table_entries",
+                u64::from(self.throttle.table_entries),
+                crate::throttle::MAX_TABLE_ENTRIES as u64,
+            ),
+        ];
+        if let Some((key, _, max)) = at_most.iter().find(|(_, v, max)| v > max) {
+            return Err(ConfigError(format!("{key} must be at most {max}")));
+        }
         // hyper's read buffer cannot be smaller than 8 KiB.
         if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
             return Err(ConfigError("server.max_header_bytes must be 8192 to 1048576".into()));

@@ -93,6 +93,9 @@ pub struct Running {
     stop_workers: Option<smol::channel::Sender<()>>,
     reload_tx: std::sync::mpsc::Sender<ReloadMsg>,
     reload_thread: Option<std::thread::JoinHandle<()>>,
+    /// Installed before `READY=1`, so a reload sent the moment systemd sees the service ready
+    /// is a reload, not SIGHUP's default (terminate).
+    signals: std::sync::Mutex<Option<async_signal::Signals>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -266,6 +269,12 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         a.bundle.serial(),
         a.bundle.manifest().apis.len()
     );
+    let signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| StartError(format!("signal handlers: {e}")))?;
     notify(&[sd_notify::NotifyState::Ready]);
     Ok(Running {
         gateway,
@@ -277,6 +286,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         stop_workers: Some(stop_tx),
         reload_tx,
         reload_thread: Some(reload_thread),
+        signals: std::sync::Mutex::new(Some(signals)),
     })
 }
 
@@ -416,9 +426,10 @@ impl Running {
 
     /// Blocks until SIGTERM or SIGINT, serving SIGHUP reloads meanwhile.
     pub fn wait_for_signals(&self) -> Result<(), StartError> {
-        use async_signal::{Signal, Signals};
-        let mut signals = Signals::new([Signal::Term, Signal::Int, Signal::Hup])
-            .map_err(|e| StartError(format!("signal handlers: {e}")))?;
+        use async_signal::Signal;
+        let Some(mut signals) = self.signals.lock().ok().and_then(|mut s| s.take()) else {
+            return Err(StartError("signals already being waited for".into()));
+        };
         smol::block_on(async {
             while let Some(sig) = signals.next().await {
                 match sig {

@@ -252,7 +252,9 @@ fn resolve_config(
     overrides: &gatelet::config::Overrides,
 ) -> Result<gatelet::config::Config, Box<dyn std::error::Error>> {
     let file = config_file(file);
-    Ok(gatelet::config::Config::resolve(file.as_deref(), std::env::vars(), overrides)?)
+    // Variables that are not UTF-8 cannot be configuration (std::env::vars would panic on them).
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    Ok(gatelet::config::Config::resolve(file.as_deref(), env, overrides)?)
 }
 
 /// Logging to stderr, one line per event; no timestamps under journald, which adds its own.

@@ -367,5 +367,32 @@ mod tests {
         let mut m = manifest();
         m.apis[0].tier = Some("Nope".into());
         assert_eq!(seal(&m, &key(1)).expect_err("unknown tier").kind(), "invalid");
+        // Two APIs with the same name and version under different contexts.
+        let mut m = manifest();
+        let mut twin = m.apis[0].clone();
+        twin.context = "/b/1".into();
+        m.apis.push(twin.clone());
+        assert!(
+            seal(&m, &key(1))
+                .expect_err("same name and version")
+                .to_string()
+                .contains("same name and version")
+        );
+        twin.version = "2".into();
+        m.apis[1] = twin;
+        seal(&m, &key(1)).expect("another version is another API");
+        // Templates that differ only by parameter names.
+        let mut m = manifest();
+        let mut a = m.apis[0].operations[0].clone();
+        a.path = "/x/{id}".into();
+        let mut b = a.clone();
+        b.path = "/x/{name}".into();
+        m.apis[0].operations.extend([a.clone(), b]);
+        assert!(
+            seal(&m, &key(1)).expect_err("shadowed template").to_string().contains("matching the same paths")
+        );
+        a.method = Method::Delete;
+        m.apis[0].operations[2] = a;
+        seal(&m, &key(1)).expect("another method is another operation");
     }
 }

@@ -466,6 +466,7 @@ impl Manifest {
         };
 
         let mut contexts = HashSet::new();
+        let mut names = HashSet::new();
         for api in &self.apis {
             let at = format!("API {:?} {:?}", api.name, api.version);
             check_nonempty(&at, &api.name)?;
@@ -475,6 +476,11 @@ impl Manifest {
             }
             if !contexts.insert(api.context.as_str()) {
                 invalid!("{at}: context {:?} is used by another API", api.context);
+            }
+            // Tokens name APIs by name and version (`subscribedAPIs`): two APIs sharing both would
+            // let a subscription to one authorise the other.
+            if !names.insert((api.name.as_str(), api.version.as_str())) {
+                invalid!("{at}: another API has the same name and version");
             }
             if !tier_ok(&api.tier) {
                 invalid!("{at}: unknown API tier {:?}", api.tier.as_deref().unwrap_or(""));
@@ -510,8 +516,16 @@ impl Manifest {
                 if let Err(e) = check_path_template(&op.path) {
                     invalid!("{oat}: path {e}");
                 }
-                if !ops.insert((op.method, op.path.as_str())) {
-                    invalid!("{oat}: declared twice");
+                // Templates that differ only in parameter names (`/{id}` and `/{name}`) match the
+                // same requests: one would silently shadow the other.
+                let shape: String = op
+                    .path
+                    .split('/')
+                    .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if !ops.insert((op.method, shape)) {
+                    invalid!("{oat}: declared twice (or as a template matching the same paths)");
                 }
                 if !tier_ok(&op.tier) {
                     invalid!("{oat}: unknown resource tier {:?}", op.tier.as_deref().unwrap_or(""));

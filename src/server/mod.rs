@@ -624,12 +624,6 @@ impl Gateway {
         let (mut parts, incoming) = req.into_parts();
         let host = parts.headers.get(header::HOST).cloned();
         let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        let resource_and_query = if resource == "/" && endpoints_have_path(endpoints) {
-            // `/ctx` → `http://backend/base` rather than `http://backend/base/`.
-            query.clone()
-        } else {
-            format!("{resource}{query}")
-        };
         strip_hop_by_hop(&mut parts.headers);
         strip_spoofable(&mut parts.headers, &auth_header);
         let h = &mut parts.headers;
@@ -665,7 +659,7 @@ impl Gateway {
         let mut upstream_req = Request::from_parts(parts, body);
         *upstream_req.version_mut() = hyper::Version::HTTP_11;
         let sent = Instant::now();
-        let result = self.upstreams.send(endpoints, &resource_and_query, upstream_req).await;
+        let result = self.upstreams.send(endpoints, &resource, &query, upstream_req).await;
         record.request_bytes = meter.bytes.load(Ordering::Relaxed);
         let resp = match result {
             Ok(r) => r,
@@ -796,10 +790,6 @@ fn now_ms(now_s: u64) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let wall = u64::try_from(wall).unwrap_or(u64::MAX);
     if wall / 1000 == now_s { wall } else { now_s.saturating_mul(1000) }
-}
-
-fn endpoints_have_path(e: &Endpoints) -> bool {
-    e.urls.iter().any(|u| bundle::model::EndpointUrl::parse(u).is_ok_and(|u| !u.path.is_empty()))
 }
 
 /// The endpoint list for a request: the operation's, else the API's; production or sandbox by

@@ -173,13 +173,14 @@ impl Upstreams {
     }
 
     /// Sends `request` to the first URL of `endpoints` that takes a connection, with the URI
-    /// set to the URL's path followed by `resource_and_query` and `Host` set to the URL's
+    /// set to the URL's path followed by `resource` and `query` and `Host` set to the URL's
     /// authority. A pooled connection that turns out closed before the request left is replaced
     /// by a fresh one; a request that left is never sent again.
     pub async fn send(
         self: &Arc<Self>,
         endpoints: &Endpoints,
-        resource_and_query: &str,
+        resource: &str,
+        query: &str,
         request: hyper::Request<ProxyBody>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
         let mut last_err = String::from("no endpoint");
@@ -210,7 +211,7 @@ impl Upstreams {
                 let Some(mut req) = unsent.take() else {
                     return Err(UpstreamError::Failed("request already sent".into()));
                 };
-                if let Err(e) = retarget(&mut req, &url, resource_and_query) {
+                if let Err(e) = retarget(&mut req, &url, resource, query) {
                     return Err(UpstreamError::Failed(e));
                 }
                 let response = smol::future::or(async { Some(sender.try_send_request(req).await) }, async {
@@ -240,13 +241,16 @@ impl Upstreams {
 }
 
 /// Points a request at `url`: origin-form URI (the URL's path, then the resource and query) and
-/// the `Host` header.
+/// the `Host` header. The API root (`/`) under an endpoint with a path is the path itself
+/// (`/ctx` → `http://backend/base`, not `/base/`).
 fn retarget(
     req: &mut hyper::Request<ProxyBody>,
     url: &EndpointUrl,
-    resource_and_query: &str,
+    resource: &str,
+    query: &str,
 ) -> Result<(), String> {
-    let path = format!("{}{}", url.path, resource_and_query);
+    let resource = if resource == "/" && !url.path.is_empty() { "" } else { resource };
+    let path = format!("{}{resource}{query}", url.path);
     *req.uri_mut() = path.parse().map_err(|e| format!("bad backend URI {path:?}: {e}"))?;
     let default_port = if url.tls { 443 } else { 80 };
     let host = match (url.host.contains(':'), url.port == default_port) {

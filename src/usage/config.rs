@@ -108,6 +108,16 @@ impl UsageConfig {
         if self.flush_interval_ms > 3_600_000 {
             return bad("usage.flush_interval_ms must be at most 3600000".into());
         }
+        // A year bounds every interval: far beyond any use, far from Instant + Duration overflow.
+        for (key, v) in [
+            ("usage.rotate_interval_s", self.rotate_interval_s),
+            ("usage.upload_interval_s", self.upload_interval_s),
+            ("usage.upload_backoff_max_s", self.upload_backoff_max_s),
+        ] {
+            if v > 31_536_000 {
+                return bad(format!("{key} must be at most 31536000 (a year)"));
+            }
+        }
         if !(1..=MAX_QUEUE_CAPACITY).contains(&self.queue_capacity) {
             return bad(format!("usage.queue_capacity must be 1 to {MAX_QUEUE_CAPACITY}"));
         }

@@ -120,7 +120,7 @@ pub struct Recovery {
 /// is removed. Run only while no writer has the directory (the spooler runs it before writing).
 pub fn recover(dir: &Path) -> io::Result<Recovery> {
     let listing = list(dir)?;
-    let mut next_seq = listing.max_seq.map_or(0, |s| s + 1);
+    let mut next_seq = listing.max_seq.map_or(0, |s| s.saturating_add(1));
     let mut out = Recovery::default();
     for part in &listing.parts {
         let f = OpenOptions::new().read(true).write(true).open(&part.path)?;

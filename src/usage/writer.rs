@@ -477,7 +477,7 @@ impl Writer {
 
     fn rescan(&mut self, now: Instant) -> io::Result<()> {
         let listing = spool::list(&self.dir)?;
-        self.next_seq = self.next_seq.max(listing.max_seq.map_or(0, |s| s + 1));
+        self.next_seq = self.next_seq.max(listing.max_seq.map_or(0, |s| s.saturating_add(1)));
         self.closed_bytes = listing.closed_bytes();
         self.closed = listing.closed;
         self.last_rescan = now;
