@@ -66,6 +66,7 @@ fn manifest(quota: u64) -> Manifest {
 }
 
 const TOKEN: Caller<'static> = Caller::Token {
+    issuer: "bench",
     app_id: "7c1f0a2e-58d4-4d43-9a35-1f6f0f1c2b3d",
     subject: "alice@carbon.super",
     application_tier: Some("App"),

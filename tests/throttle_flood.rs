@@ -81,6 +81,7 @@ fn million_distinct_keys_through_a_small_table() {
         api: 0,
         operation: 0,
         caller: Caller::Token {
+            issuer: "flood",
             app_id: "app",
             subject: "alice",
             application_tier: Some("App"),

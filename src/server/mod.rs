@@ -593,6 +593,7 @@ impl Gateway {
         let caller = match &principal {
             None => Caller::Anonymous { client_ip: peer.ip() },
             Some(p) => Caller::Token {
+                issuer: &p.token().issuer,
                 app_id: p.token().application.as_ref().and_then(|a| a.id.as_deref()).unwrap_or(""),
                 subject: &p.token().subject,
                 application_tier: p.application_tier(),

@@ -188,7 +188,11 @@ impl Level {
 pub enum Caller<'a> {
     /// A validated token.
     Token {
-        /// `application.id`; empty when the token carries no application.
+        /// The issuer that vouched for the token (its bundle name): callers of different
+        /// issuers never share a counter, even when their application ids coincide.
+        issuer: &'a str,
+        /// `application.id`; empty when the token carries no application (the subscription
+        /// level then keys on `sub`, so app-less tokens do not share one bucket).
         app_id: &'a str,
         /// `sub`: the end user the application acts for (WSO2's `username` in `appId:username`).
         subject: &'a str,
@@ -657,7 +661,11 @@ impl Throttle {
             Some(t) => tiers.get(t).copied().map(Some).ok_or(Unchecked::UnknownTier(level)),
         };
         let (caller, application) = match request.caller {
-            Caller::Token { app_id, subject, application_tier, subscription_tier } => {
+            Caller::Token { issuer, app_id, subject, application_tier, subscription_tier } => {
+                // Who holds the subscription: the application, or the subject when there is none
+                // (the flag keeps an application id from colliding with an equal subject).
+                let (holder_is_app, holder) =
+                    if app_id.is_empty() { (false, subject) } else { (true, app_id) };
                 let sub = match tier(subscription_tier, &self.subscription_tiers, Level::Subscription) {
                     Ok(p) => p,
                     Err(e) => return Decision::Fail(e),
@@ -668,11 +676,12 @@ impl Throttle {
                 };
                 (
                     sub.map(|p| {
-                        let key = self.hasher.hash_one((TAG_SUBSCRIPTION, app_id, api_key));
+                        let key =
+                            self.hasher.hash_one((TAG_SUBSCRIPTION, issuer, holder_is_app, holder, api_key));
                         (Level::Subscription, p, &self.subscriptions, key)
                     }),
                     app.map(|p| {
-                        let key = self.hasher.hash_one((TAG_APPLICATION, app_id, subject));
+                        let key = self.hasher.hash_one((TAG_APPLICATION, issuer, app_id, subject));
                         (Level::Application, p, &self.applications, key)
                     }),
                 )
@@ -858,7 +867,7 @@ mod tests {
         sub: Option<&'a str>,
         app: Option<&'a str>,
     ) -> Caller<'a> {
-        Caller::Token { app_id, subject, application_tier: app, subscription_tier: sub }
+        Caller::Token { issuer: "test", app_id, subject, application_tier: app, subscription_tier: sub }
     }
 
     fn anon(ip: [u8; 4]) -> Caller<'static> {
@@ -911,6 +920,31 @@ mod tests {
                 .map(Level::fault_code),
             [900800, 900802, 900804, 900803, 900804]
         );
+    }
+
+    #[test]
+    fn callers_of_different_issuers_or_without_application_do_not_share_counters() {
+        let t = throttle();
+        let gold = |issuer, app_id, subject| Caller::Token {
+            issuer,
+            app_id,
+            subject,
+            application_tier: None,
+            subscription_tier: Some("Gold"),
+        };
+        // Gold is 5 per minute on (holder, API).
+        assert_eq!(allowed(&t, &req(0, 1, gold("central", "1", "u")), T0, 10), 5);
+        assert_eq!(
+            allowed(&t, &req(0, 1, gold("partner", "1", "u")), T0, 10),
+            5,
+            "same app id, other issuer"
+        );
+        // Without an application, the subject holds the subscription.
+        assert_eq!(allowed(&t, &req(0, 1, gold("central", "", "alice")), T0, 10), 5);
+        assert_eq!(allowed(&t, &req(0, 1, gold("central", "", "bob")), T0, 10), 5);
+        assert_eq!(allowed(&t, &req(0, 1, gold("central", "", "alice")), T0, 10), 0);
+        // An application id equal to a subject is still another holder.
+        assert_eq!(allowed(&t, &req(0, 1, gold("central", "alice", "x")), T0, 10), 5);
     }
 
     #[test]
