@@ -196,6 +196,19 @@ fn throttling_backend_failures_and_limits() {
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(text.matches("HTTP/1.1").count(), 1, "nothing after the 400: {text}");
+    // The same shape after a good request on a keep-alive connection: the good one is answered,
+    // then the connection is closed without a response that could land inside another.
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(
+        b"GET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\n\r\nPOST /shop/1.0.0/items HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .expect("write");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "only the good request is answered: {text}");
     // Obs-fold and an unsupported coding too.
     for raw in [
         &b"GET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n"[..],

@@ -13,6 +13,12 @@
 //! - obs-fold (a header line starting with a space or tab, RFC 9112 §5.2);
 //! - a header line without a colon, or whitespace before the colon (RFC 9112 §5.1).
 //!
+//! A refusal on the first request of a connection is answered `400` and the connection closed.
+//! On a later request of a keep-alive connection, the requests before it are served and the
+//! connection is then closed without a response (at the head-read timeout): hyper reads ahead
+//! while an earlier response may still be going out, and a 400 written then could land inside it.
+//! A malformed chunked body aborts the connection.
+//!
 //! The guard reads only what hyper asks for and passes it on unchanged; its own state is a few
 //! integers plus the head bytes seen so far, capped at the head limit (hyper answers 431 beyond).
 
@@ -61,6 +67,10 @@ pub struct Guarded<S> {
     max_head: usize,
     /// A refusal to write before reporting end of stream.
     pending: Option<(Vec<u8>, usize)>,
+    /// Request heads that passed on this connection.
+    heads: u32,
+    /// A later request was refused: no more bytes reach hyper.
+    draining: bool,
 }
 
 /// What the guard found wrong with a head, for the 400 body and logs.
@@ -147,15 +157,31 @@ fn refusal(why: Smuggling) -> Vec<u8> {
 
 impl<S> Guarded<S> {
     pub fn new(inner: S, max_head: usize) -> Self {
-        Guarded { inner, framing: Framing::Head, line: Vec::new(), max_head, pending: None }
+        Guarded {
+            inner,
+            framing: Framing::Head,
+            line: Vec::new(),
+            max_head,
+            pending: None,
+            heads: 0,
+            draining: false,
+        }
     }
 
     /// Follows `data` through the framing state machine. Returns a refusal if one is found.
-    fn observe(&mut self, mut data: &[u8]) -> Option<Smuggling> {
+    fn observe(&mut self, data: &[u8]) -> Option<Smuggling> {
+        self.observe_at(data).map(|(why, _)| why)
+    }
+
+    /// [`Guarded::observe`], also saying where in `data` the refused head began (0 when it began
+    /// in an earlier read, or for a bad chunked body).
+    fn observe_at(&mut self, chunk: &[u8]) -> Option<(Smuggling, usize)> {
+        let mut data = chunk;
         while !data.is_empty() {
             match &mut self.framing {
                 Framing::Refused | Framing::Passthrough => return None,
                 Framing::Head => {
+                    let began = if self.line.is_empty() { chunk.len() - data.len() } else { 0 };
                     // Accumulate until the blank line ending the head.
                     let mut end = None;
                     for (i, &b) in data.iter().enumerate() {
@@ -174,8 +200,11 @@ impl<S> Guarded<S> {
                     data = &data[end..];
                     let head = std::mem::take(&mut self.line);
                     match inspect_head(&head) {
-                        Ok(f) => self.framing = f,
-                        Err(why) => return Some(why),
+                        Ok(f) => {
+                            self.framing = f;
+                            self.heads = self.heads.saturating_add(1);
+                        }
+                        Err(why) => return Some((why, began)),
                     }
                 }
                 Framing::Body(left) => {
@@ -190,7 +219,7 @@ impl<S> Guarded<S> {
                     Chunk::Size => {
                         let Some(nl) = data.iter().position(|&b| b == b'\n') else {
                             self.line.extend_from_slice(data);
-                            return (self.line.len() > MAX_CHUNK_LINE).then_some(Smuggling::BadChunk);
+                            return (self.line.len() > MAX_CHUNK_LINE).then_some((Smuggling::BadChunk, 0));
                         };
                         self.line.extend_from_slice(&data[..nl]);
                         data = &data[nl + 1..];
@@ -202,7 +231,7 @@ impl<S> Guarded<S> {
                             .filter(|s| !s.is_empty() && s.len() <= 16)
                             .and_then(|s| u64::from_str_radix(s, 16).ok());
                         match size {
-                            None => return Some(Smuggling::BadChunk),
+                            None => return Some((Smuggling::BadChunk, 0)),
                             Some(0) => *chunk = Chunk::Trailer,
                             Some(n) => *chunk = Chunk::Data(n),
                         }
@@ -224,13 +253,13 @@ impl<S> Guarded<S> {
                         } else if b == b'\r' && *left == 2 {
                             *left = 1;
                         } else {
-                            return Some(Smuggling::BadChunk);
+                            return Some((Smuggling::BadChunk, 0));
                         }
                     }
                     Chunk::Trailer => {
                         let Some(nl) = data.iter().position(|&b| b == b'\n') else {
                             self.line.extend_from_slice(data);
-                            return (self.line.len() > self.max_head).then_some(Smuggling::BadChunk);
+                            return (self.line.len() > self.max_head).then_some((Smuggling::BadChunk, 0));
                         };
                         self.line.extend_from_slice(&data[..nl]);
                         data = &data[nl + 1..];
@@ -278,15 +307,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             }
         }
         if matches!(this.framing, Framing::Refused) {
+            if this.draining {
+                // Withhold everything after the refused head; hyper finishes the response in
+                // flight, then its head-read timeout closes the connection.
+                return Poll::Pending;
+            }
             return Poll::Ready(Ok(0));
         }
         let n = match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
-        if let Some(why) = this.observe(&buf[..n]) {
+        if let Some((why, began)) = this.observe_at(&buf[..n]) {
             log::debug!("refused request: {}", why.describe());
             this.framing = Framing::Refused;
+            if why == Smuggling::BadChunk {
+                // The request being read has a broken body: abort it.
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why.describe())));
+            }
+            if this.heads > 0 {
+                // An earlier request on this connection may still be answering (hyper reads ahead
+                // while a response is in flight): a 400 written now could land inside it. Pass on
+                // what came before the refused head, then nothing more.
+                this.draining = true;
+                return if began > 0 { Poll::Ready(Ok(began)) } else { Poll::Pending };
+            }
             this.pending = Some((refusal(why), 0));
             // Loop once more to write the refusal and report the end of the stream.
             cx.waker().wake_by_ref();
