@@ -169,6 +169,7 @@ impl<S> Guarded<S> {
     }
 
     /// Follows `data` through the framing state machine. Returns a refusal if one is found.
+    #[cfg(test)]
     fn observe(&mut self, data: &[u8]) -> Option<Smuggling> {
         self.observe_at(data).map(|(why, _)| why)
     }
