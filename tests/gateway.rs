@@ -105,6 +105,39 @@ fn tokens_scopes_subscriptions_routes_and_forwarding() {
         assert_eq!(get(gw, p, Some(&token)).status, 400, "{p}");
     }
 
+    // CORS (x-wso2-cors): the preflight is answered without a token; answers carry the headers
+    // for an allowed origin, faults included; other origins get none.
+    let r = send(
+        gw,
+        "OPTIONS",
+        "/shop/1.0.0/items/1",
+        &[("Origin", "https://app.example"), ("Access-Control-Request-Method", "GET")],
+        b"",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let auth = format!("Bearer {token}");
+    let r = send(
+        gw,
+        "GET",
+        "/shop/1.0.0/items/1",
+        &[("Origin", "https://app.example"), ("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (200, Some("https://app.example")));
+    let r = send(gw, "GET", "/shop/1.0.0/items/1", &[("Origin", "https://app.example")], b"");
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (401, Some("https://app.example")));
+    let r = send(
+        gw,
+        "GET",
+        "/shop/1.0.0/items/1",
+        &[("Origin", "https://evil.example"), ("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!((r.status, r.header("access-control-allow-origin")), (200, None));
+
     // Unknown path and method.
     let r = get(gw, "/nope/items", Some(&token));
     assert_eq!((r.status, r.fault_code()), (404, 900906));

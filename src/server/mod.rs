@@ -31,7 +31,7 @@ use smol::Executor;
 use smol::net::TcpListener;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
-use crate::bundle::model::{Api, Endpoints, Operation};
+use crate::bundle::model::{Api, Cors, Endpoints, Operation};
 use crate::bundle::{self, Bundle};
 use crate::config::Config;
 use crate::router::{self, Miss, Router};
@@ -511,11 +511,17 @@ impl Gateway {
         // and the request leaves exactly one usage record.
         let mut flight = InFlight { gw: Arc::clone(&self), record: Some(record), start, answered: false };
         let Some(record) = flight.record.as_mut() else { return Response::new(full(Bytes::new())) };
-        let result = self.pipeline(&active, req, peer, tls, record).await;
+        let mut cors = None;
+        let result = self.pipeline(&active, req, peer, tls, record, &mut cors).await;
         let mut response = match result {
             Ok(resp) => resp,
             Err(refusal) => self.fault(&refusal, record),
         };
+        // CORS headers on every answer of an API with x-wso2-cors, faults included, so a browser
+        // app can read why it was refused.
+        if let Some(h) = cors {
+            response.headers_mut().extend(h);
+        }
         if let Ok(v) = HeaderValue::from_str(&record.request_id) {
             response.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
         }
@@ -541,6 +547,7 @@ impl Gateway {
         peer: SocketAddr,
         tls: bool,
         record: &mut UsageEvent,
+        cors_out: &mut Option<HeaderMap>,
     ) -> Result<Response<ProxyBody>, Refusal> {
         if !self.is_ready() {
             return Err(Refusal::NotReady);
@@ -548,6 +555,29 @@ impl Gateway {
         let manifest = active.bundle.manifest();
         let path = router::normalize_path(req.uri().path()).map_err(Refusal::BadPath)?;
         record.resource.clone_from(&path);
+
+        // CORS preflight (x-wso2-cors): answered by the gateway, before authentication, for the
+        // resource and method the browser asks about.
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        if req.method() == hyper::Method::OPTIONS {
+            let asked =
+                req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD).and_then(|v| v.to_str().ok());
+            if let (Some(origin), Some(asked)) = (&origin, asked) {
+                if let Ok(route) = active.router.route(&path, asked) {
+                    if let Some((api, _)) = router::operation(manifest, route) {
+                        if let Some(cors) = &api.cors {
+                            record.api = Some(api.name.clone());
+                            record.api_version = Some(api.version.clone());
+                            record.context = Some(api.context.clone());
+                            let mut resp = Response::new(full(Bytes::new()));
+                            *resp.status_mut() = StatusCode::NO_CONTENT;
+                            cors_headers(cors, origin, true, resp.headers_mut());
+                            return Ok(resp);
+                        }
+                    }
+                }
+            }
+        }
         let route = active.router.route(&path, req.method().as_str()).map_err(|miss| match miss {
             Miss::NotFound => Refusal::NotFound,
             Miss::MethodNotAllowed { api, path_template } => {
@@ -555,6 +585,11 @@ impl Gateway {
             }
         })?;
         let Some((api, op)) = router::operation(manifest, route) else { return Err(Refusal::NotFound) };
+        if let (Some(cors), Some(origin)) = (&api.cors, &origin) {
+            let mut h = HeaderMap::new();
+            cors_headers(cors, origin, false, &mut h);
+            *cors_out = Some(h);
+        }
         let resource = Router::strip_context(&api.context, &path).unwrap_or("/").to_owned();
         record.api = Some(api.name.clone());
         record.api_version = Some(api.version.clone());
@@ -773,6 +808,32 @@ impl Gateway {
         let borrowed: Vec<(&str, &str, &str, u64)> =
             extra.iter().map(|(n, k, h, v)| (n.as_str(), *k, *h, *v)).collect();
         self.metrics.render(&borrowed)
+    }
+}
+
+/// `Access-Control-*` headers for an allowed `origin` (nothing when it is not allowed).
+fn cors_headers(cors: &Cors, origin: &HeaderValue, preflight: bool, h: &mut HeaderMap) {
+    let Ok(o) = origin.to_str() else { return };
+    let any = cors.allow_origins.iter().any(|a| a == "*");
+    if !any && !cors.allow_origins.iter().any(|a| a.eq_ignore_ascii_case(o)) {
+        return;
+    }
+    // With credentials, "*" is not allowed by browsers: echo the origin instead.
+    let allow = if any && !cors.allow_credentials { HeaderValue::from_static("*") } else { origin.clone() };
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    if cors.allow_credentials {
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    if preflight {
+        for (name, list) in [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+                h.insert(name, v);
+            }
+        }
     }
 }
 

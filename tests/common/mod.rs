@@ -161,6 +161,7 @@ info: {{title: Shop, version: 1.0.0}}
 x-wso2-basePath: /shop/{{version}}
 x-wso2-production-endpoints: {{urls: [\"http://{b}/backend\"]}}
 x-wso2-sandbox-endpoints: {{urls: [\"http://{b}/sandbox\"]}}
+x-wso2-cors: {{access-control-allow-origins: [\"https://app.example\"], access-control-allow-methods: [GET, POST], access-control-allow-headers: [authorization], access-control-allow-credentials: true}}
 security: [{{oauth: []}}]
 paths:
   /items/{{id}}:
