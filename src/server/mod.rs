@@ -753,6 +753,7 @@ impl Gateway {
 
     fn render_metrics(&self) -> String {
         let active = self.active();
+        self.metrics.clock_floor_seconds.store(active.clock.floor().0, Ordering::Relaxed);
         let t = active.throttle.metrics(now_ms(active.clock.now().now));
         let (cached, capacity) = active.validator.cache_usage();
         let mut extra: Vec<(String, &'static str, &'static str, u64)> = vec![
