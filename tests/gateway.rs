@@ -581,6 +581,14 @@ fn check_validates_like_run_and_demo_serves_its_curl_line() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["echo"], "gatelet demo backend");
     assert_eq!(get(addr, path, None).status, 401);
+    // As the demo says: ordering is limited to 3 a minute. Seven tries: even straddling a minute
+    // boundary, at most six pass.
+    let auth = format!("Bearer {token}");
+    let orders: Vec<u16> = (0..7)
+        .map(|_| send(addr, "POST", "/pizzashack/1.0.0/order", &[("Authorization", &auth)], b"").status)
+        .collect();
+    let passed = orders.iter().filter(|&&c| c == 200).count();
+    assert!((3..=6).contains(&passed) && orders.contains(&429), "{orders:?}");
     let pid = demo.id().to_string();
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
     assert_eq!(demo.wait().expect("exits").code(), Some(0));
