@@ -63,5 +63,5 @@ for run in range(5):
 times.sort()
 print(f"binary: {os.path.getsize(g)/1048576:.2f} MiB ({g})")
 print(f"exec to READY=1 with a 100-API bundle: median {times[2]:.1f} ms (min {times[0]:.1f}, max {times[-1]:.1f})")
-print(f"idle RSS: {rss/1024:.1f} MiB")
+print(f"idle RSS: {rss/1024:.2f} MiB ({rss} KiB)")
 PY

@@ -2,8 +2,9 @@
 //!
 //! A usage file is a concatenation of complete members, which `zcat`, DuckDB, ClickHouse and
 //! Spark read as one stream. [`MemberEncoder`] frames the raw DEFLATE stream itself (header,
-//! CRC-32, ISIZE) so that one compressor is reused across members instead of reallocating its
-//! tables every flush. [`scan`] walks a file member by member with flate2's decoder, which
+//! CRC-32, ISIZE). Its compressor (a few hundred KiB of tables) exists only while a member has
+//! bytes: allocated at the member's first bytes, freed when the member is written, so an idle
+//! device holds none; at one member per flush the allocation is noise. [`scan`] walks a file member by member with flate2's decoder, which
 //! checks each member's CRC-32 and ISIZE, and reports where the last complete member ends.
 
 use std::io::{self, BufRead, Read, Write};
@@ -22,7 +23,7 @@ const STAGE_BYTES: usize = 32 * 1024;
 
 /// Builds one gzip member at a time from lines.
 pub struct MemberEncoder {
-    enc: DeflateEncoder<Vec<u8>>,
+    enc: Option<DeflateEncoder<Vec<u8>>>,
     crc: Crc,
     stage: Vec<u8>,
     level: Compression,
@@ -36,12 +37,7 @@ impl std::fmt::Debug for MemberEncoder {
 
 impl MemberEncoder {
     pub fn new(level: Compression) -> MemberEncoder {
-        MemberEncoder {
-            enc: DeflateEncoder::new(HEADER.to_vec(), level),
-            crc: Crc::new(),
-            stage: Vec::with_capacity(STAGE_BYTES),
-            level,
-        }
+        MemberEncoder { enc: None, crc: Crc::new(), stage: Vec::with_capacity(STAGE_BYTES), level }
     }
 
     /// Uncompressed bytes in the member so far.
@@ -63,17 +59,26 @@ impl MemberEncoder {
     }
 
     fn drain_stage(&mut self) -> io::Result<()> {
+        if self.stage.is_empty() {
+            return Ok(());
+        }
         self.crc.update(&self.stage);
-        self.enc.write_all(&self.stage)?;
+        let level = self.level;
+        self.enc.get_or_insert_with(|| DeflateEncoder::new(HEADER.to_vec(), level)).write_all(&self.stage)?;
         self.stage.clear();
         Ok(())
     }
 
-    /// Completes the member and returns its bytes; the encoder is ready for the next member.
+    /// Completes the member and returns its bytes; the encoder is ready for the next member
+    /// (its compressor is freed until that member's first bytes).
     /// ISIZE is the input length modulo 2^32 (RFC 1952), which `Crc::amount` already is.
     pub fn finish(&mut self) -> io::Result<Vec<u8>> {
         self.drain_stage()?;
-        let mut member = self.enc.reset(HEADER.to_vec())?;
+        let enc = match self.enc.take() {
+            Some(enc) => enc,
+            None => DeflateEncoder::new(HEADER.to_vec(), self.level),
+        };
+        let mut member = enc.finish()?;
         member.extend_from_slice(&self.crc.sum().to_le_bytes());
         member.extend_from_slice(&self.crc.amount().to_le_bytes());
         self.crc.reset();
@@ -84,7 +89,7 @@ impl MemberEncoder {
     pub fn discard(&mut self) {
         self.stage.clear();
         self.crc.reset();
-        self.enc = DeflateEncoder::new(HEADER.to_vec(), self.level);
+        self.enc = None;
     }
 }
 
