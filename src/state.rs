@@ -22,6 +22,8 @@ const KEY_ROLLBACK: &[u8] = b"rollback_mark";
 const KEY_CLOCK_FLOOR: &[u8] = b"clock_floor";
 /// sled page cache. The state is a few hundred bytes; 1 MiB is ample and bounded.
 const CACHE_BYTES: u64 = 1024 * 1024;
+/// Retries (50 ms apart) while another handle's lock is being released: up to 2 s.
+const LOCK_RETRIES: u32 = 40;
 
 /// The newest bundle accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,12 +100,22 @@ impl StateStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
         std::fs::create_dir_all(dir).map_err(|e| StateError::Open(dir.to_owned(), e.to_string()))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| StateError::Open(dir.to_owned(), e.to_string()))?;
+        // sled releases its file lock from a background thread after the last handle is dropped,
+        // so a reopen right after a close (a quick restart, a reload) may find it still held for
+        // a moment: retry briefly before calling the store busy.
+        let mut attempts = 0;
+        let db = loop {
+            let opened =
+                sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open();
+            match opened {
+                Ok(db) => break db,
+                Err(e) if attempts < LOCK_RETRIES && e.to_string().contains("could not acquire lock") => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(StateError::Open(dir.to_owned(), e.to_string())),
+            }
+        };
         let store = StateStore { db, dir: dir.to_owned() };
         // Read both values now, so corruption is reported at start-up, not at first use.
         store.rollback_mark()?;
