@@ -216,10 +216,15 @@ components:
 
     /// Writes the bundle with `serial` as the installed bundle and returns the config text.
     pub fn config(&self, serial: u64, extra: &str) -> PathBuf {
+        self.config_with_head_timeout(serial, extra, 1500)
+    }
+
+    /// [`Fixture::config`] with another `header_read_timeout_ms`.
+    pub fn config_with_head_timeout(&self, serial: u64, extra: &str, head_timeout_ms: u64) -> PathBuf {
         std::fs::write(self.dir.join("bundle.glb"), self.bundle(serial)).expect("write bundle");
         let d = self.dir.display();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout_ms = 1500\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nheader_read_timeout_ms = {head_timeout_ms}\n\
              backend_timeout_ms = 1000\nbackend_connect_timeout_ms = 500\ndrain_timeout_s = 10\nthreads = 2\n{extra}\n\
              [bundle]\npath = \"{d}/bundle.glb\"\ntrusted_keys = [\"{d}/publisher.pub\"]\ninbox = \"{d}/inbox\"\ninbox_poll_ms = 100\n\
              [state]\ndir = \"{d}/state\"\n[usage]\nspool_dir = \"{d}/spool\"\nflush_interval_ms = 100\n[log]\nlevel = \"debug\"\n"
