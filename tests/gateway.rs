@@ -458,6 +458,32 @@ fn https_listener_with_a_certificate_made_by_the_test() {
         .build()
         .expect("connector");
     assert!(old.connect("localhost", TcpStream::connect(addr).expect("connect")).is_err());
+    // TLS 1.3 and 1.2 are both served, each pinned in turn by the client.
+    for (version, name) in [(native_tls::Protocol::Tlsv13, "1.3"), (native_tls::Protocol::Tlsv12, "1.2")] {
+        let pinned = native_tls::TlsConnector::builder()
+            .add_root_certificate(
+                native_tls::Certificate::from_pem(&std::fs::read(&cert).expect("cert")).expect("pem"),
+            )
+            .min_protocol_version(Some(version))
+            .max_protocol_version(Some(version))
+            .build()
+            .expect("connector");
+        let mut tls = pinned
+            .connect("localhost", TcpStream::connect(addr).expect("connect"))
+            .unwrap_or_else(|e| panic!("TLS {name} handshake: {e}"));
+        write!(tls, "GET /shop/1.0.0/items/7 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let r = read_response(&mut BufReader::new(tls)).expect("response");
+        assert_eq!(r.status, 200, "over TLS {name}");
+    }
+    // And by a client no one here wrote: openssl s_client asking for 1.3 only.
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-tls1_3", "-brief", "-connect", &addr.to_string(), "-servername", "localhost"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("Protocol version: TLSv1.3"), "{said}");
     // Forwarding to an HTTPS backend, verified against the configured CA.
     let r = get(running.bound.http.expect("http"), "/secure/1/hello", None);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

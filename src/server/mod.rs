@@ -14,6 +14,7 @@
 pub mod body;
 pub mod guard;
 pub mod metrics;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ use crate::usage::{Timestamp, UsageEvent};
 pub use body::{BoxError, ProxyBody};
 use body::{Meter, Metered, full};
 use metrics::Metrics;
+pub use tls::TlsAcceptor;
 use upstream::{UpstreamError, Upstreams};
 
 /// Why the gateway could not start or reload. One line each, for the operator.
@@ -934,25 +936,9 @@ pub fn backend_root(path: &Path) -> Result<Option<async_native_tls::Certificate>
         .map_err(|e| StartError(format!("server.backend_ca_file {}: {e}", path.display())))
 }
 
-/// The listeners' TLS identity: PEM certificate chain and PKCS#8 key; TLS 1.2 or newer only.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<async_native_tls::TlsAcceptor, StartError> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| StartError(format!("{}: {e}", p.display())));
-    let identity = async_native_tls::Identity::from_pkcs8(&read(cert)?, &read(key)?).map_err(|e| {
-        StartError(format!("TLS identity from {} and {}: {e}", cert.display(), key.display()))
-    })?;
-    let acceptor = native_tls_acceptor(identity)?;
-    Ok(acceptor)
-}
-
-fn native_tls_acceptor(
-    identity: async_native_tls::Identity,
-) -> Result<async_native_tls::TlsAcceptor, StartError> {
-    // async-native-tls exposes native-tls's builder through `From`.
-    let builder = native_tls::TlsAcceptor::builder(identity)
-        .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
-        .build()
-        .map_err(|e| StartError(format!("TLS: {e}")))?;
-    Ok(builder.into())
+/// The listeners' TLS identity: PEM certificate chain and key; TLS 1.3 and 1.2 only.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
+    TlsAcceptor::from_pem_files(cert, key)
 }
 
 /// Which listener a connection came in on.
@@ -968,7 +954,7 @@ pub async fn serve(
     gw: Arc<Gateway>,
     listener: TcpListener,
     role: Role,
-    tls: Option<async_native_tls::TlsAcceptor>,
+    tls: Option<TlsAcceptor>,
     executor: Arc<Executor<'static>>,
     limit: Arc<smol::lock::Semaphore>,
     shutdown: Shutdown,
