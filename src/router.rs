@@ -19,6 +19,11 @@ pub enum PathError {
     /// An encoded `/` or `\`, a raw `\`, or a dot segment with parameters (`..;x`): shapes a
     /// backend may resolve differently from the router, so they are refused, not forwarded.
     Ambiguous,
+    /// A `;` in a segment (a path parameter, `/admin;x/users`). Servlet containers (Tomcat,
+    /// Jetty, Spring) strip parameters before they resolve a path, so `/admin;x` is `/admin` to
+    /// them while a literal `admin` does not match it here: the request would fall through to a
+    /// less protected route and still reach the protected resource. Refused, never forwarded.
+    PathParameter,
     /// Longer than [`MAX_PATH`].
     TooLong,
 }
@@ -30,6 +35,9 @@ impl std::fmt::Display for PathError {
             PathError::BadEncoding => "bad percent-encoding in the path",
             PathError::Ambiguous => {
                 "path with an encoded slash or backslash, or a dot segment with parameters"
+            }
+            PathError::PathParameter => {
+                "path parameter (';') in a path segment; percent-encode it as %3B if it is data"
             }
             PathError::TooLong => "path too long",
         })
@@ -57,7 +65,9 @@ fn hex_val(b: u8) -> Option<u8> {
 /// Shapes that backends resolve differently from each other — an encoded `/` or `\`, a raw `\`,
 /// a dot segment with path parameters (`..;x`, which servlet containers treat as `..`) — are
 /// refused ([`PathError::Ambiguous`]) rather than forwarded: what the router matched must be what
-/// the backend serves.
+/// the backend serves. For the same reason a raw `;` (a path parameter, which servlet containers
+/// strip before resolving) is refused ([`PathError::PathParameter`]); `%3B` is data to every
+/// backend and passes.
 pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if raw.len() > MAX_PATH {
         return Err(PathError::TooLong);
@@ -108,10 +118,10 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
                 i += 1;
             }
         }
-        // `..;x` and `.;x` are dot segments to servlet containers, which strip path parameters.
-        let bare = out.split(';').next().unwrap_or("");
-        if (bare == "." || bare == "..") && out.contains(';') {
-            return Err(PathError::Ambiguous);
+        // `admin;x` is `admin` to a servlet container (and `..;x` is `..`): routing on `admin;x`
+        // would check one resource and forward to another.
+        if out.contains(';') {
+            return Err(PathError::PathParameter);
         }
         match out.as_str() {
             "" | "." => {}
@@ -297,7 +307,8 @@ mod tests {
             ("/x/%2E%2E/y", "/y"),
             ("/a%20b", "/a%20b"),
             ("/caf\u{e9}", "/caf%C3%A9"),
-            ("/a;b/c", "/a;b/c"),
+            ("/a%3Bb/c", "/a%3Bb/c"),
+            ("/a%3bb", "/a%3Bb"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -306,8 +317,12 @@ mod tests {
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadEncoding));
         assert_eq!(normalize_path("/a%0"), Err(PathError::BadEncoding));
         assert_eq!(normalize_path("/a%00b"), Err(PathError::BadEncoding));
-        for ambiguous in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b", "/files/..;/admin", "/x/.;y/z"] {
+        for ambiguous in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b"] {
             assert_eq!(normalize_path(ambiguous), Err(PathError::Ambiguous), "{ambiguous}");
+        }
+        for param in ["/files/..;/admin", "/x/.;y/z", "/svc/1/admin;x/users", "/a;", "/;/a", "/a/b;jsessionid=1"]
+        {
+            assert_eq!(normalize_path(param), Err(PathError::PathParameter), "{param}");
         }
         assert_eq!(normalize_path(&"/a".repeat(3000)), Err(PathError::TooLong));
     }

@@ -209,6 +209,11 @@ fn throttling_backend_failures_and_limits() {
     // Backend down → 502, backend slow → 504.
     let r = get(gw, "/shop/1.0.0/down", Some(&token));
     assert_eq!((r.status, r.fault_code()), (502, 101503));
+    // The caller is told the backend failed, not where it lives nor what the OS said.
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    for leak in ["127.0.0.1", "http://", "os error", "refused"] {
+        assert!(!body.contains(leak), "fault body leaks {leak:?}: {body}");
+    }
     let r = get(gw, "/shop/1.0.0/slow?ms=3000", Some(&token));
     assert_eq!((r.status, r.fault_code()), (504, 101504));
 
@@ -718,4 +723,63 @@ fn every_request_outcome_becomes_one_usage_record_on_flash() {
     assert!(records[5]["app_id"].is_null());
     assert!(records[6]["api"].is_null());
     assert_eq!(records[6]["error_code"], 900906);
+}
+
+#[test]
+fn path_parameters_never_reach_a_less_protected_route() {
+    let f = Fixture::new("pathparam");
+    let b = f.backend;
+    // Across APIs: a public API whose context is a prefix of a protected one.
+    std::fs::write(
+        f.dir.join("project/apis/svc.yaml"),
+        format!(
+            "openapi: 3.0.3\ninfo: {{title: Svc, version: '1'}}\nx-wso2-basePath: /svc/{{version}}\n\
+             x-wso2-production-endpoints: {{urls: [\"http://{b}/svc\"]}}\nx-wso2-disable-security: true\n\
+             paths:\n  /{{section}}/users:\n    get: {{responses: {{'200': {{description: ok}}}}}}\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        f.dir.join("project/apis/svc-admin.yaml"),
+        format!(
+            "openapi: 3.0.3\ninfo: {{title: SvcAdmin, version: '1'}}\nx-wso2-basePath: /svc/{{version}}/admin\n\
+             x-wso2-production-endpoints: {{urls: [\"http://{b}/svc/admin\"]}}\nsecurity: [{{oauth: []}}]\n\
+             paths:\n  /users:\n    get: {{responses: {{'200': {{description: ok}}}}}}\n\
+             components:\n  securitySchemes:\n    oauth: {{type: oauth2, flows: {{clientCredentials: {{tokenUrl: https://issuer.test/token, scopes: {{}}}}}}}}\n"
+        ),
+    )
+    .expect("write");
+    // Within one API: a protected literal beside a public template.
+    std::fs::write(
+        f.dir.join("project/apis/inner.yaml"),
+        format!(
+            "openapi: 3.0.3\ninfo: {{title: Inner, version: '1'}}\nx-wso2-basePath: /inner/{{version}}\n\
+             x-wso2-production-endpoints: {{urls: [\"http://{b}/inner\"]}}\nsecurity: [{{oauth: []}}]\n\
+             paths:\n  /admin/users:\n    get: {{responses: {{'200': {{description: ok}}}}}}\n\
+             \x20 /{{section}}/users:\n    get:\n      x-wso2-disable-security: true\n      responses: {{'200': {{description: ok}}}}\n\
+             components:\n  securitySchemes:\n    oauth: {{type: oauth2, flows: {{clientCredentials: {{tokenUrl: https://issuer.test/token, scopes: {{}}}}}}}}\n"
+        ),
+    )
+    .expect("write");
+    let (running, gw, _) = start(&f, 10, "");
+    for protected in ["/svc/1/admin/users", "/inner/1/admin/users"] {
+        assert_eq!(get(gw, protected, None).status, 401, "{protected}");
+    }
+    for shape in [
+        "/svc/1/admin;x/users",
+        "/svc/1/admin;/users",
+        "/inner/1/admin;x/users",
+        "/inner/1/admin;jsessionid=1/users",
+        "/inner/1/admin/users;x",
+    ] {
+        let r = get(gw, shape, None);
+        assert_eq!(r.status, 400, "{shape}: {}", String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).contains("path parameter"), "{shape}");
+    }
+    // The public routes still serve, and an encoded ';' is data, forwarded as it came.
+    let r = get(gw, "/svc/1/shop/users", None);
+    assert_eq!((r.status, r.json()["uri"].as_str()), (200, Some("/svc/shop/users")));
+    let r = get(gw, "/inner/1/a%3Bb/users", None);
+    assert_eq!((r.status, r.json()["uri"].as_str()), (200, Some("/inner/a%3Bb/users")));
+    running.shutdown();
 }

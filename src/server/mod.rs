@@ -439,7 +439,10 @@ impl Gateway {
             }
             Refusal::Upstream(e) => {
                 self.metrics.backend_errors.fetch_add(1, Ordering::Relaxed);
-                (502, 101503, "Runtime Error", e.to_string())
+                // The caller learns that the backend failed, never where it lives or what the OS
+                // said: that goes to the log and the usage record.
+                record.error_detail = Some(e.to_string());
+                (502, 101503, "Runtime Error", "the backend could not be reached or failed to answer".into())
             }
             Refusal::NotReady => (503, 101503, "Service Unavailable", "no verified bundle is active".into()),
         };
@@ -501,6 +504,7 @@ impl Gateway {
             throttled: false,
             over_quota: false,
             error_code: None,
+            error_detail: None,
             latency_ms: 0.0,
             backend_latency_ms: None,
             request_bytes: 0,

@@ -160,6 +160,9 @@ pub struct UsageEvent {
     pub over_quota: bool,
     /// WSO2 fault code sent (900901, 900800, 101503, …); null when the request was served.
     pub error_code: Option<u32>,
+    /// Why it was refused, for the operator: the backend's error (which the caller never sees),
+    /// the framing guard's or the HTTP parser's reason. Null when the request was served.
+    pub error_detail: Option<String>,
     /// Time from the request's arrival to the response's last byte.
     pub latency_ms: f64,
     /// Time spent waiting on the backend; null when no backend was called.
@@ -224,6 +227,7 @@ impl UsageEvent {
             }),
             throttled,
             over_quota: false,
+            error_detail: (status == 502).then(|| "connection refused".to_owned()),
             error_code,
             latency_ms: if backend { backend_ms + 0.35 } else { 0.12 },
             backend_latency_ms: backend.then_some(backend_ms),
@@ -354,6 +358,7 @@ mod tests {
             throttled: false,
             over_quota: false,
             error_code: None,
+            error_detail: None,
             latency_ms: 1.25,
             backend_latency_ms: Some(0.5),
             request_bytes: 0,
@@ -366,7 +371,7 @@ mod tests {
         assert!(line.as_bytes().starts_with(REQUEST_LINE_PREFIX), "{line}");
         assert_eq!(
             line,
-            r#"{"kind":"request","ts":"2026-11-28T20:00:00.123Z","request_id":"r1","api":"PizzaShack","api_version":"1.0.0","context":"/pizzashack/1.0.0","resource":"/menu","method":"GET","status":200,"app_id":null,"app_name":null,"subscriber":null,"keytype":"PRODUCTION","tier":"Gold","throttled":false,"over_quota":false,"error_code":null,"latency_ms":1.25,"backend_latency_ms":0.5,"request_bytes":0,"response_bytes":123,"client_ip":"10.0.0.9","bundle_serial":17,"device_id":"dev"}"#
+            r#"{"kind":"request","ts":"2026-11-28T20:00:00.123Z","request_id":"r1","api":"PizzaShack","api_version":"1.0.0","context":"/pizzashack/1.0.0","resource":"/menu","method":"GET","status":200,"app_id":null,"app_name":null,"subscriber":null,"keytype":"PRODUCTION","tier":"Gold","throttled":false,"over_quota":false,"error_code":null,"error_detail":null,"latency_ms":1.25,"backend_latency_ms":0.5,"request_bytes":0,"response_bytes":123,"client_ip":"10.0.0.9","bundle_serial":17,"device_id":"dev"}"#
         );
         let loss = LossRecord {
             kind: "usage_dropped",
