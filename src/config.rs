@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub ratelimit_headers: bool,
     /// Worker threads; 0 = one per CPU.
     pub threads: u32,
+    /// Proxies in front of gatelet (addresses or CIDR blocks) whose `X-Forwarded-*`, `Forwarded`
+    /// and `X-Real-IP` are kept and appended to; from anyone else they are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             drain_timeout_s: 15,
             ratelimit_headers: true,
             threads: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -316,6 +320,7 @@ impl Config {
         if !(8192..=1024 * 1024).contains(&s.max_header_bytes) {
             return Err(ConfigError("server.max_header_bytes must be 8192 to 1048576".into()));
         }
+        crate::server::forwarded::TrustedProxies::parse(&s.trusted_proxies).map_err(ConfigError)?;
         if self.bundle.trusted_keys.is_empty() {
             return Err(ConfigError("bundle.trusted_keys is empty: no bundle could ever be accepted".into()));
         }

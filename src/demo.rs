@@ -36,13 +36,20 @@ type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
 async fn echo(req: Request<Incoming>) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let method = req.method().to_string();
     let uri = req.uri().to_string();
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (k.as_str().to_owned(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()))
-        })
-        .collect();
+    // Repeated headers are shown joined with ", " (as a list header reads), so none hides.
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        match headers.get_mut(k.as_str()) {
+            Some(serde_json::Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&v);
+            }
+            _ => {
+                headers.insert(k.as_str().to_owned(), serde_json::Value::String(v.into()));
+            }
+        }
+    }
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let v = serde_json::json!({
         "echo": "gatelet demo backend",

@@ -320,7 +320,8 @@ mod tests {
         for ambiguous in ["/a%2fb", "/a%2Fb", "/a%5cb", "/a\\b"] {
             assert_eq!(normalize_path(ambiguous), Err(PathError::Ambiguous), "{ambiguous}");
         }
-        for param in ["/files/..;/admin", "/x/.;y/z", "/svc/1/admin;x/users", "/a;", "/;/a", "/a/b;jsessionid=1"]
+        for param in
+            ["/files/..;/admin", "/x/.;y/z", "/svc/1/admin;x/users", "/a;", "/;/a", "/a/b;jsessionid=1"]
         {
             assert_eq!(normalize_path(param), Err(PathError::PathParameter), "{param}");
         }

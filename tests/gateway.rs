@@ -783,3 +783,63 @@ fn path_parameters_never_reach_a_less_protected_route() {
     assert_eq!((r.status, r.json()["uri"].as_str()), (200, Some("/inner/a%3Bb/users")));
     running.shutdown();
 }
+
+/// Sends raw request bytes on a fresh connection and reads one response.
+fn raw(addr: SocketAddr, request: &str) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    read_response(&mut BufReader::new(s)).expect("response")
+}
+
+#[test]
+fn forwarding_headers_are_gatelets_own_and_host_follows_rfc_9112() {
+    let f = Fixture::new("forwarding");
+    let (running, gw, _) = start(&f, 10, "");
+    let open = "/shop/1.0.0/open";
+    let spoofs = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Forwarded-Host: evil.example\r\n\
+                  X-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n";
+    let r = raw(gw, &format!("GET {open} HTTP/1.1\r\nHost: gw.test\r\n{spoofs}Connection: close\r\n\r\n"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], "gw.test");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;host=\"gw.test\";proto=http");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    // HTTP/1.0 may omit Host; the client's X-Forwarded-Host still never reaches the backend.
+    let r = raw(gw, &format!("GET {open} HTTP/1.0\r\n{spoofs}\r\n"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let h = &r.json()["headers"];
+    assert!(h.get("x-forwarded-host").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    // RFC 9112 §3.2: HTTP/1.1 without Host, two Host lines, a list-valued Host → 400.
+    for bad in [
+        format!("GET {open} HTTP/1.1\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n"),
+        format!("GET {open} HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n"),
+        format!("GET {open} HTTP/1.1\r\nHost: a.test, b.test\r\nConnection: close\r\n\r\n"),
+        format!("GET {open} HTTP/1.1\r\nHost: user@a.test\r\nConnection: close\r\n\r\n"),
+    ] {
+        let r = raw(gw, &bad);
+        assert_eq!((r.status, r.fault_code()), (400, 900906), "{bad}");
+    }
+    // Absolute form: the URI's authority wins over Host.
+    let r = raw(
+        gw,
+        &format!("GET http://real.test{open} HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["headers"]["x-forwarded-host"], "real.test");
+    running.shutdown();
+
+    // Behind a configured proxy the chain is kept and extended.
+    let (running, gw, _) = start(&f, 11, "trusted_proxies = [\"127.0.0.0/8\"]");
+    let r = raw(gw, &format!("GET {open} HTTP/1.1\r\nHost: gw.test\r\n{spoofs}Connection: close\r\n\r\n"));
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "6.6.6.6, 7.7.7.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-host"], "evil.example");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["forwarded"], "for=6.6.6.6, for=127.0.0.1;host=\"gw.test\";proto=http");
+    assert_eq!(h["x-real-ip"], "6.6.6.6");
+    running.shutdown();
+}

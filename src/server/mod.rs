@@ -12,6 +12,7 @@
 //! pointer, so requests in flight finish on the bundle they started with.
 
 pub mod body;
+pub mod forwarded;
 pub mod guard;
 pub mod metrics;
 pub mod tls;
@@ -119,6 +120,7 @@ pub struct Gateway {
     state: StateStore,
     pub metrics: Metrics,
     upstreams: Arc<Upstreams>,
+    trusted_proxies: forwarded::TrustedProxies,
     usage: Option<Box<dyn UsageSink>>,
     ready: AtomicBool,
     request_seq: AtomicU64,
@@ -203,12 +205,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers gatelet sets for the backend, or consumes: a client's copy is never forwarded.
-const OWNED: [&str; 6] = [
+const OWNED: [&str; 8] = [
     "x-jwt-assertion",
     "authorization",
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
     "x-request-id",
 ];
 
@@ -247,6 +251,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// A refusal on the request path, mapped to status, fault code and metric in [`Gateway::fault`].
 enum Refusal {
     BadPath(router::PathError),
+    /// No, several or a malformed `Host` (RFC 9112 §3.2).
+    BadHost(forwarded::HostError),
     NotFound,
     MethodNotAllowed(Vec<&'static str>),
     Token(TokenError),
@@ -278,6 +284,8 @@ impl Gateway {
             Duration::from_millis(config.server.backend_timeout_ms),
             backend_root(&config.server.backend_ca_file)?,
         ));
+        let trusted_proxies =
+            forwarded::TrustedProxies::parse(&config.server.trusted_proxies).map_err(StartError)?;
         let start_floor = active.clock.floor().0;
         let metrics = Metrics::default();
         metrics.bundle_serial.store(active.bundle.serial(), Ordering::Relaxed);
@@ -291,6 +299,7 @@ impl Gateway {
             state,
             metrics,
             upstreams,
+            trusted_proxies,
             usage,
             ready: AtomicBool::new(true),
             request_seq: AtomicU64::new(0),
@@ -395,6 +404,7 @@ impl Gateway {
     fn fault(&self, refusal: &Refusal, record: &mut UsageEvent) -> Response<ProxyBody> {
         let (status, code, message, description): (u16, u32, &str, String) = match refusal {
             Refusal::BadPath(e) => (400, 900906, "Bad Request", e.to_string()),
+            Refusal::BadHost(e) => (400, 900906, "Bad Request", e.to_string()),
             Refusal::NotFound => (
                 404,
                 900906,
@@ -559,6 +569,8 @@ impl Gateway {
             return Err(Refusal::NotReady);
         }
         let manifest = active.bundle.manifest();
+        let host =
+            forwarded::request_host(req.version(), req.uri(), req.headers()).map_err(Refusal::BadHost)?;
         let path = router::normalize_path(req.uri().path()).map_err(Refusal::BadPath)?;
         record.resource.clone_from(&path);
 
@@ -664,7 +676,6 @@ impl Gateway {
             }
         }
         let (mut parts, incoming) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned();
         let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         strip_hop_by_hop(&mut parts.headers);
         strip_spoofable(&mut parts.headers, &auth_header);
@@ -678,21 +689,8 @@ impl Gateway {
                 h.insert(HeaderName::from_static("x-jwt-assertion"), v);
             }
         }
-        let xff_name = HeaderName::from_static("x-forwarded-for");
-        let xff = match h.get(&xff_name).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert(xff_name, v);
-        }
-        h.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
-        if let Some(host) = host {
-            h.insert(HeaderName::from_static("x-forwarded-host"), host);
-        }
+        let via_proxy = !self.trusted_proxies.is_empty() && self.trusted_proxies.contains(peer.ip());
+        forwarded::set_forwarding(h, peer.ip(), tls, host.as_ref(), via_proxy);
         if let Ok(v) = HeaderValue::from_str(&record.request_id) {
             h.insert(HeaderName::from_static("x-request-id"), v);
         }
