@@ -6,6 +6,11 @@
 //! fault, never a 500 on a device. Output is deterministic: the same inputs and serial give the
 //! same bytes (inputs are read in sorted order, and the build time comes from
 //! `SOURCE_DATE_EPOCH` or the newest input file, not the clock).
+//!
+//! The build time is never later than the builder's own clock: a device raises its clock floor
+//! to it, and a floor in the future makes every token "expired". A file modified in the future
+//! (`touch -d 2036-01-01`, a copy from a machine with a wrong clock) is clamped to now, with a
+//! warning; a `SOURCE_DATE_EPOCH` in the future is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -154,6 +159,14 @@ fn read_input(path: &Path) -> Result<String, ProjectError> {
     String::from_utf8(bytes).map_err(|_| err(path, None, "not UTF-8 text"))
 }
 
+/// Keeps the newest modification time seen, and its file.
+fn bump(newest: &mut (u64, PathBuf), path: &Path) {
+    let t = mtime(path);
+    if t > newest.0 {
+        *newest = (t, path.to_path_buf());
+    }
+}
+
 fn mtime(path: &Path) -> u64 {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
@@ -194,13 +207,19 @@ fn locate_offset(text: &str, keys: &[&str]) -> Option<usize> {
 
 /// Compiles the project at `dir` with the given serial.
 pub fn compile(dir: &Path, serial: u64) -> Result<Compiled, ProjectError> {
+    let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    compile_at(dir, serial, now)
+}
+
+/// [`compile`] on a builder whose clock reads `now` (Unix seconds).
+pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, ProjectError> {
     let toml_path = dir.join("gatelet.toml");
     let toml_text = read_input(&toml_path)?;
     let project: ProjectToml = toml::from_str(&toml_text).map_err(|e| {
         let line = e.span().map(|s| toml_text[..s.start.min(toml_text.len())].matches('\n').count() + 1);
         err(&toml_path, line, e.message().to_owned())
     })?;
-    let mut newest = mtime(&toml_path);
+    let mut newest = (mtime(&toml_path), toml_path.clone());
     let mut warnings = Vec::new();
 
     // Issuers and their keys.
@@ -218,7 +237,7 @@ pub fn compile(dir: &Path, serial: u64) -> Result<Compiled, ProjectError> {
             if !path.exists() {
                 return Err(at(format!("missing key file {k}")));
             }
-            newest = newest.max(mtime(&path));
+            bump(&mut newest, &path);
             let key = keys::load_verifying_key(&path).map_err(|e| at(e.to_string()))?;
             ikeys.push(IssuerKey { kid: keys::jwk_thumbprint(&key), public_key: key.to_bytes() });
         }
@@ -227,7 +246,7 @@ pub fn compile(dir: &Path, serial: u64) -> Result<Compiled, ProjectError> {
             if !path.exists() {
                 return Err(at(format!("missing JWKS file {j}")));
             }
-            newest = newest.max(mtime(&path));
+            bump(&mut newest, &path);
             for jk in keys::load_jwks(&path).map_err(|e| at(e.to_string()))? {
                 let kid = jk.kid.unwrap_or_else(|| keys::jwk_thumbprint(&jk.key));
                 ikeys.push(IssuerKey { kid, public_key: jk.key.to_bytes() });
@@ -304,7 +323,7 @@ pub fn compile(dir: &Path, serial: u64) -> Result<Compiled, ProjectError> {
     let mut apis: Vec<Api> = Vec::new();
     let mut context_file: HashMap<String, PathBuf> = HashMap::new();
     for file in &files {
-        newest = newest.max(mtime(file));
+        bump(&mut newest, file);
         let api = compile_api(file, &policies, &mut warnings)?;
         if let Some(other) = context_file.get(&api.context) {
             let text = read_input(file)?;
@@ -324,11 +343,32 @@ pub fn compile(dir: &Path, serial: u64) -> Result<Compiled, ProjectError> {
     revoked.dedup();
 
     let created_at = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| err(Path::new("SOURCE_DATE_EPOCH"), None, format!("{v:?} is not a Unix time")))?,
-        Err(_) => newest,
+        Ok(v) => {
+            let t: u64 = v.trim().parse().map_err(|_| {
+                err(Path::new("SOURCE_DATE_EPOCH"), None, format!("{v:?} is not a Unix time"))
+            })?;
+            if t > now {
+                return Err(err(
+                    Path::new("SOURCE_DATE_EPOCH"),
+                    None,
+                    format!(
+                        "{t} is later than this machine's clock ({now}): devices would take it as the \
+                         earliest possible time and refuse every token as expired"
+                    ),
+                ));
+            }
+            t
+        }
+        Err(_) if newest.0 > now => {
+            warnings.push(format!(
+                "{}: modified in the future ({}, this machine's clock says {now}); the bundle's \
+                 build time is clamped to now",
+                newest.1.display(),
+                newest.0
+            ));
+            now
+        }
+        Err(_) => newest.0,
     };
 
     let manifest = Manifest {

@@ -4,7 +4,13 @@
 //! - the **anti-rollback mark**: the serial and payload hash of the newest bundle accepted. A
 //!   lower serial is refused, and so is the same serial with a different payload (two different
 //!   bundles must never share a serial).
-//! - the **clock floor**: the newest Unix time the device has evidence for. It only rises.
+//! - the **clock floor**: the newest Unix time the device has evidence for. It rises with time,
+//!   with each newer bundle's build time, and falls in one case only: a bundle with a *higher
+//!   serial* than the mark whose build time is *earlier* than that of the bundle it replaces is
+//!   the publisher correcting a build time that ran ahead; the floor is then reset to the new
+//!   build time ([`StateStore::record_bundle_time`]). Replaying an older bundle cannot do it: the
+//!   anti-rollback mark refuses it first. Beside the floor the store keeps the build time of the
+//!   bundle that set the mark (`bundle_created_at`), which is what a correction is judged by.
 //!
 //! sled is configured for a small board: a 1 MiB cache (its default is 1 GiB and ignores cgroup v2
 //! limits) and no background flush (sled's default fsyncs twice a second); every write here is
@@ -20,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 const KEY_ROLLBACK: &[u8] = b"rollback_mark";
 const KEY_CLOCK_FLOOR: &[u8] = b"clock_floor";
+const KEY_BUNDLE_CREATED: &[u8] = b"bundle_created_at";
 /// sled page cache. The state is a few hundred bytes; 1 MiB is ample and bounded.
 const CACHE_BYTES: u64 = 1024 * 1024;
 /// Retries (50 ms apart) while another handle's lock is being released: up to 2 s.
@@ -215,9 +222,69 @@ impl StateStore {
         }
     }
 
+    fn read_u64(&self, key: &[u8], what: &'static str) -> Result<Option<u64>, StateError> {
+        match self.db.get(key).map_err(|e| self.io(e))? {
+            None => Ok(None),
+            Some(v) => <[u8; 8]>::try_from(&v[..])
+                .map(|b| Some(u64::from_be_bytes(b)))
+                .map_err(|_| StateError::Corrupt(self.dir.clone(), what)),
+        }
+    }
+
+    /// The floor a bundle built at `created_at` would leave, if it were recorded now with
+    /// [`StateStore::record_bundle_time`]. Writes nothing (for `check`, and to build a reload
+    /// before anything is written).
+    pub fn floor_for_bundle(&self, created_at: u64) -> Result<u64, StateError> {
+        let floor = self.clock_floor()?;
+        let previous = self.read_u64(KEY_BUNDLE_CREATED, "the bundle build time")?;
+        Ok(next_floor(previous, floor, created_at).0)
+    }
+
+    /// Records the build time of the bundle just accepted as the mark (call it after
+    /// [`StateStore::accept_bundle`] succeeded, so only the newest serial gets here) and moves
+    /// the floor with it, durably. Returns the floor now in force.
+    ///
+    /// Normally the floor rises to the build time. When the build time is earlier than the one
+    /// recorded for the bundle it replaces, the publisher is correcting a build time that ran
+    /// ahead (a wrong clock, a file dated in the future), and the floor is reset to the new
+    /// build time, even downwards: a floor in the future would otherwise refuse every token as
+    /// expired for good. Only a correctly signed bundle with a higher serial reaches this, so an
+    /// attacker replaying an old bundle cannot lower the floor.
+    pub fn record_bundle_time(&self, created_at: u64) -> Result<u64, StateError> {
+        let floor = self.clock_floor()?;
+        let previous = self.read_u64(KEY_BUNDLE_CREATED, "the bundle build time")?;
+        let (new_floor, corrected) = next_floor(previous, floor, created_at);
+        if corrected {
+            log::warn!(
+                "clock floor reset from {floor} to {new_floor}: this bundle's build time is earlier than the \
+                 previous bundle's ({}), which had run ahead",
+                previous.unwrap_or(floor)
+            );
+        }
+        // Both values in one atomic batch: a power cut never leaves a lowered floor without its
+        // build time (or the reverse).
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_BUNDLE_CREATED, &created_at.to_be_bytes()[..]);
+        batch.insert(KEY_CLOCK_FLOOR, &new_floor.to_be_bytes()[..]);
+        self.db.apply_batch(batch).map_err(|e| self.io(e))?;
+        self.flush()?;
+        Ok(new_floor)
+    }
+
     /// Where the store lives.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// The floor after recording a bundle built at `created_at`, given the build time recorded for
+/// the previous bundle and the floor in force; and whether it was a correction (a reset that may
+/// lower the floor). A store written before build times were recorded has none: the first
+/// bundle recorded then sets it without a correction, so an upgrade never lowers a floor.
+fn next_floor(previous_created: Option<u64>, floor: u64, created_at: u64) -> (u64, bool) {
+    match previous_created {
+        Some(prev) if created_at < prev => (created_at, true),
+        _ => (floor.max(created_at), false),
     }
 }
 
@@ -250,6 +317,45 @@ mod tests {
         );
         assert!(s.check_rollback(5, &[1; 32]).is_err());
         assert!(s.check_rollback(7, &[0; 32]).is_ok());
+        drop(s);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_newer_bundle_can_correct_a_build_time_that_ran_ahead() {
+        let dir = temp("correct");
+        let s = StateStore::open(&dir).expect("opens");
+        assert_eq!(s.record_bundle_time(1_000).expect("first"), 1_000);
+        assert_eq!(s.raise_clock_floor(1_500).expect("time passes"), 1_500);
+        assert_eq!(
+            s.record_bundle_time(1_200).expect("newer bundle, built later"),
+            1_500,
+            "never lowered by a later build"
+        );
+        // A bundle built with a clock in 2036 raises the floor far ahead…
+        assert_eq!(s.record_bundle_time(2_082_758_400).expect("future"), 2_082_758_400);
+        assert_eq!(s.raise_clock_floor(2_082_758_460).expect("runs"), 2_082_758_460);
+        // …and the next bundle, built on a correct clock, brings it back.
+        assert_eq!(s.floor_for_bundle(1_300).expect("preview"), 1_300, "the preview writes nothing");
+        assert_eq!(s.clock_floor().expect("reads"), 2_082_758_460);
+        assert_eq!(s.record_bundle_time(1_300).expect("correction"), 1_300);
+        drop(s);
+        let s = StateStore::open(&dir).expect("reopens");
+        assert_eq!(s.clock_floor().expect("durable"), 1_300);
+        // From there the floor only rises again.
+        assert_eq!(s.record_bundle_time(1_300).expect("same bundle, restart"), 1_300);
+        assert_eq!(s.raise_clock_floor(1_200).expect("keeps"), 1_300);
+        drop(s);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_store_without_a_recorded_build_time_is_never_lowered_on_upgrade() {
+        let dir = temp("upgrade");
+        let s = StateStore::open(&dir).expect("opens");
+        s.raise_clock_floor(5_000).expect("an older gatelet's floor");
+        assert_eq!(s.record_bundle_time(4_000).expect("first record"), 5_000);
+        assert_eq!(s.record_bundle_time(3_000).expect("a correction from there on"), 3_000);
         drop(s);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

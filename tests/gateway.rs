@@ -843,3 +843,70 @@ fn forwarding_headers_are_gatelets_own_and_host_follows_rfc_9112() {
     assert_eq!(h["x-real-ip"], "6.6.6.6");
     running.shutdown();
 }
+
+/// The fixture's project sealed with `serial`, as if built on a machine whose clock read
+/// `created_at`.
+fn bundle_built_at(f: &Fixture, serial: u64, created_at: u64) -> Vec<u8> {
+    let mut m = gatelet::project::compile(&f.dir.join("project"), serial).expect("compiles").manifest;
+    m.created_at = created_at;
+    gatelet::bundle::seal(&m, &f.publisher).expect("seals")
+}
+
+#[test]
+fn a_build_time_that_ran_ahead_is_corrected_by_a_newer_bundle_and_never_by_a_replay() {
+    const Y2036: u64 = 2_082_758_400;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    let f = Fixture::new("future");
+    let path = f.config(10, "");
+    // A publisher whose clock read 2036 signed serial 10.
+    std::fs::write(f.dir.join("bundle.glb"), bundle_built_at(&f, 10, Y2036)).expect("write");
+    let boot = || {
+        let config = Config::resolve(Some(&path), std::iter::empty(), &Overrides::default()).expect("config");
+        let running = daemon::start(config).expect("starts");
+        let (gw, admin) = (running.bound.http.expect("http"), running.bound.admin.expect("admin"));
+        (running, gw, admin)
+    };
+    let (running, gw, admin) = boot();
+    let token = f.token(|_| {});
+    let r = get(gw, "/shop/1.0.0/items/1", Some(&token));
+    assert_eq!((r.status, r.fault_code()), (401, 900903), "the floor ran ahead: every token is expired");
+    let serial = || get(admin, "/readyz", None).json()["bundle_serial"].as_u64().expect("serial");
+
+    // The corrected bundle, serial 11 built now, brings the floor back without a shell.
+    let inbox = f.dir.join("inbox");
+    std::fs::write(inbox.join("b-corrected.glb"), bundle_built_at(&f, 11, now)).expect("write");
+    assert!(eventually(Duration::from_secs(5), || serial() == 11));
+    assert_eq!(get(gw, "/shop/1.0.0/items/1", Some(&token)).status, 200);
+    // Replaying the old bundle cannot raise it again (nor lower it): anti-rollback refuses it.
+    std::fs::write(inbox.join("c-replay.glb"), bundle_built_at(&f, 10, Y2036)).expect("write");
+    assert!(eventually(Duration::from_secs(5), || inbox.join(".refused-c-replay.glb").exists()));
+    assert_eq!(get(gw, "/shop/1.0.0/items/1", Some(&token)).status, 200);
+    running.shutdown();
+
+    // The correction is durable: a restart keeps it (the periodic and shutdown persistence of the
+    // floor did not put 2036 back).
+    let (running, gw, _) = boot();
+    assert_eq!(get(gw, "/shop/1.0.0/items/1", Some(&token)).status, 200);
+    running.shutdown();
+
+    // Usage records carry the wall clock, not 2036, even while the floor ran ahead.
+    let mut stamps = Vec::new();
+    for entry in std::fs::read_dir(f.dir.join("spool")).expect("spool") {
+        use std::io::Read as _;
+        let path = entry.expect("entry").path();
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).expect("open"))
+            .read_to_string(&mut text)
+            .expect("gzip");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            if v["kind"] == "request" {
+                stamps.push(v["ts"].as_str().expect("ts").to_owned());
+            }
+        }
+    }
+    assert!(stamps.len() >= 4, "{stamps:?}");
+    for ts in &stamps {
+        assert!(!ts.starts_with("2036"), "a usage record stamped with the floor: {stamps:?}");
+    }
+}

@@ -126,9 +126,6 @@ pub struct Gateway {
     request_seq: AtomicU64,
     request_prefix: String,
     reload_lock: std::sync::Mutex<()>,
-    /// When this process started, and the clock floor then: their sum is a lower bound on now.
-    started: Instant,
-    start_floor: u64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -177,11 +174,12 @@ pub fn prepare(config: &Config, accept: bool) -> Result<Prepared, StartError> {
             s.accept_bundle(bundle.serial(), &hash)
                 .map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
             floor =
-                s.raise_clock_floor(bundle.manifest().created_at).map_err(|e| StartError(e.to_string()))?;
+                s.record_bundle_time(bundle.manifest().created_at).map_err(|e| StartError(e.to_string()))?;
         } else {
             s.check_rollback(bundle.serial(), &hash)
                 .map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
-            floor = s.clock_floor().map_err(|e| StartError(e.to_string()))?;
+            floor =
+                s.floor_for_bundle(bundle.manifest().created_at).map_err(|e| StartError(e.to_string()))?;
         }
     }
     Ok(Prepared { trusted, bundle, state, floor })
@@ -286,7 +284,6 @@ impl Gateway {
         ));
         let trusted_proxies =
             forwarded::TrustedProxies::parse(&config.server.trusted_proxies).map_err(StartError)?;
-        let start_floor = active.clock.floor().0;
         let metrics = Metrics::default();
         metrics.bundle_serial.store(active.bundle.serial(), Ordering::Relaxed);
         metrics.clock_floor_seconds.store(active.clock.floor().0, Ordering::Relaxed);
@@ -304,8 +301,6 @@ impl Gateway {
             ready: AtomicBool::new(true),
             request_seq: AtomicU64::new(0),
             request_prefix: crate::keys::hex(&prefix),
-            started: Instant::now(),
-            start_floor,
             reload_lock: std::sync::Mutex::new(()),
         })
     }
@@ -352,7 +347,8 @@ impl Gateway {
             }
             let hash = bundle.payload_sha256();
             self.state.check_rollback(bundle.serial(), &hash).map_err(|e| StartError(e.to_string()))?;
-            let floor = self.state.clock_floor().map_err(|e| StartError(e.to_string()))?;
+            let created_at = bundle.manifest().created_at;
+            let floor = self.state.floor_for_bundle(created_at).map_err(|e| StartError(e.to_string()))?;
             let active = Active::new(bundle, &self.config, floor)?;
             if install {
                 crate::toolkit::write_atomically(&self.config.bundle.path, bytes).map_err(|e| {
@@ -360,7 +356,9 @@ impl Gateway {
                 })?;
             }
             self.state.accept_bundle(active.bundle.serial(), &hash).map_err(|e| StartError(e.to_string()))?;
-            let _ = self.state.raise_clock_floor(active.bundle.manifest().created_at);
+            if let Err(e) = self.state.record_bundle_time(created_at) {
+                log::warn!("clock floor not recorded for serial {}: {e}", active.bundle.serial());
+            }
             let serial = active.bundle.serial();
             self.metrics.bundle_serial.store(serial, Ordering::Relaxed);
             self.metrics.clock_floor_seconds.store(active.clock.floor().0, Ordering::Relaxed);
@@ -385,12 +383,14 @@ impl Gateway {
     /// Persists the clock floor (the current time, floored): called periodically and at shutdown,
     /// so a device rebooting without a clock starts from the last time it knew.
     ///
-    /// What is persisted is evidence, not the wall clock: the floor in force at start plus the
-    /// monotonic time since. True time is at least that, so a wall clock that is wrong *ahead*
-    /// (a board that booted into 2099) can never become a permanent floor that expires every
-    /// token.
+    /// What is persisted is evidence, not the wall clock: the active bundle's floor plus the
+    /// monotonic time since it was loaded. True time is at least that, so a wall clock that is
+    /// wrong *ahead* (a board that booted into 2099) can never become a permanent floor that
+    /// expires every token. It runs under the reload lock, so a floor that a reload has just
+    /// corrected downwards is never raised again from the bundle it replaced.
     pub fn persist_clock(&self) {
-        let now = self.start_floor.saturating_add(self.started.elapsed().as_secs());
+        let Ok(_one_at_a_time) = self.reload_lock.lock() else { return };
+        let now = self.active().clock.floor().0;
         if let Err(e) = self.state.raise_clock_floor(now) {
             log::warn!("clock floor not persisted: {e}");
         }
@@ -498,7 +498,7 @@ impl Gateway {
         self.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         let active = self.active();
         let record = UsageEvent {
-            ts: Timestamp(now_ms(active.clock.now().now)),
+            ts: Timestamp(usage_ms(active.clock.now())),
             request_id: self.next_request_id(),
             api: None,
             api_version: None,
@@ -857,6 +857,26 @@ fn now_ms(now_s: u64) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let wall = u64::try_from(wall).unwrap_or(u64::MAX);
     if wall / 1000 == now_s { wall } else { now_s.saturating_mul(1000) }
+}
+
+/// The earliest wall clock gatelet believes (2026-01-01T00:00:00Z, before any gatelet release):
+/// a clock behind it is a board that booted without a real-time clock.
+pub const PLAUSIBLE_WALL_CLOCK_S: u64 = 1_767_225_600;
+
+/// The time stamped on a usage record: the wall clock when it is plausible, even if a clock floor
+/// ran ahead of it (a bundle built with a wrong clock must not push every record into the
+/// future); the floored time only on a board whose clock is not set.
+fn usage_ms(reading: token::Reading) -> u64 {
+    if reading.wall >= PLAUSIBLE_WALL_CLOCK_S {
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let wall = u64::try_from(wall).unwrap_or(u64::MAX);
+        // The reading's wall clock and this one were read a moment apart; keep the reading's
+        // second if they disagree (a clock step in between).
+        if wall / 1000 == reading.wall { wall } else { reading.wall.saturating_mul(1000) }
+    } else {
+        now_ms(reading.now)
+    }
 }
 
 /// The endpoint list for a request: the operation's, else the API's; production or sandbox by

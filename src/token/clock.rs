@@ -69,11 +69,17 @@ impl<T: TimeSource + ?Sized> TimeSource for Arc<T> {
     fn unix_now(&self) -> u64 {
         (**self).unix_now()
     }
+    fn monotonic_s(&self) -> u64 {
+        (**self).monotonic_s()
+    }
 }
 
 impl<T: TimeSource + ?Sized> TimeSource for Box<T> {
     fn unix_now(&self) -> u64 {
         (**self).unix_now()
+    }
+    fn monotonic_s(&self) -> u64 {
+        (**self).monotonic_s()
     }
 }
 
