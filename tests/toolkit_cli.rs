@@ -306,3 +306,53 @@ fn build_errors_name_the_file_line_and_reason() {
     });
     assert!(err.contains("x-wso2-mutual-ssl is not supported"), "{err}");
 }
+
+#[test]
+fn the_build_time_is_never_later_than_the_builders_clock() {
+    let d = tempdir("future");
+    let project = d.join("project");
+    copy_dir(&example(), &project);
+    let prefix = d.join("publisher");
+    ok(&gatelet(&["keygen", "--out", s(&prefix)]));
+    let key = d.join("publisher.key");
+    // One input file dated 2036 (`touch -d 2036-01-01`).
+    let y2036 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_082_758_400);
+    let file = project.join("apis/pizzashack.yaml");
+    fs::File::options().append(true).open(&file).expect("open").set_modified(y2036).expect("set mtime");
+    let bundle = d.join("b.glb");
+    let out = Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["bundle", "build", s(&project), "--key", s(&key), "--out", s(&bundle), "--serial", "3"])
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("runs");
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pizzashack.yaml") && stderr.contains("modified in the future"), "{stderr}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&gatelet(&["bundle", "inspect", s(&bundle)]))).expect("json");
+    let created = inspect["created_at"].as_u64().expect("created_at");
+    assert!(created <= now && created + 120 > now, "created_at {created}, now {now}");
+
+    // An explicit SOURCE_DATE_EPOCH in the future is refused, naming it.
+    let out = Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["bundle", "build", s(&project), "--key", s(&key), "--out", s(&bundle), "--serial", "4"])
+        .env("SOURCE_DATE_EPOCH", "2082758400")
+        .output()
+        .expect("runs");
+    let stderr = fails(&out);
+    assert!(
+        stderr.contains("SOURCE_DATE_EPOCH") && stderr.contains("later than this machine's clock"),
+        "{stderr}"
+    );
+    // One in the past is taken as it is (reproducible builds).
+    let out = Command::new(env!("CARGO_BIN_EXE_gatelet"))
+        .args(["bundle", "build", s(&project), "--key", s(&key), "--out", s(&bundle), "--serial", "5"])
+        .env("SOURCE_DATE_EPOCH", "1767225600")
+        .output()
+        .expect("runs");
+    ok(&out);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&gatelet(&["bundle", "inspect", s(&bundle)]))).expect("json");
+    assert_eq!(inspect["created_at"], 1_767_225_600);
+}
