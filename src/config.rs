@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub max_header_bytes: u32,
     /// Largest request body; larger gets 413.
     pub max_body_bytes: u64,
+    /// Longest wait for the next bytes of a request body; longer gets 408 (the client's fault,
+    /// not the backend's). The backend's `backend_timeout_ms` starts once the body is sent.
+    pub body_idle_timeout_ms: u64,
     /// Time to connect to a backend before trying the next or answering 502.
     pub backend_connect_timeout_ms: u64,
     /// Time for a backend's response head before answering 504.
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            body_idle_timeout_ms: 10_000,
             backend_connect_timeout_ms: 2_000,
             backend_timeout_ms: 30_000,
             backend_pool_size: 16,
@@ -287,6 +291,7 @@ impl Config {
         let positive = [
             ("server.max_connections", u64::from(s.max_connections)),
             ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+            ("server.body_idle_timeout_ms", s.body_idle_timeout_ms),
             ("server.backend_connect_timeout_ms", s.backend_connect_timeout_ms),
             ("server.backend_timeout_ms", s.backend_timeout_ms),
             ("bundle.inbox_poll_ms", self.bundle.inbox_poll_ms),
@@ -300,6 +305,7 @@ impl Config {
         let at_most = [
             ("server.max_connections", u64::from(s.max_connections), 1 << 20),
             ("server.header_read_timeout_ms", s.header_read_timeout_ms, 3_600_000),
+            ("server.body_idle_timeout_ms", s.body_idle_timeout_ms, 3_600_000),
             ("server.backend_connect_timeout_ms", s.backend_connect_timeout_ms, 3_600_000),
             ("server.backend_timeout_ms", s.backend_timeout_ms, 86_400_000),
             ("server.backend_pool_size", u64::from(s.backend_pool_size), 4096),

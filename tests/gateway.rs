@@ -910,3 +910,43 @@ fn a_build_time_that_ran_ahead_is_corrected_by_a_newer_bundle_and_never_by_a_rep
         assert!(!ts.starts_with("2036"), "a usage record stamped with the floor: {stamps:?}");
     }
 }
+
+#[test]
+fn a_clients_broken_or_stalled_body_is_the_clients_fault() {
+    let f = Fixture::new("clientbody");
+    let (running, gw, admin) = start(&f, 10, "body_idle_timeout_ms = 400");
+    let token = f.token(|_| {});
+    let head =
+        format!("POST /shop/1.0.0/items HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n");
+    // Malformed chunk sizes: a sign, a bare LF.
+    for body in ["+5\r\nhello\r\n0\r\n\r\n", "5\nhello\r\n0\r\n\r\n", "5\r\nhello\n0\r\n\r\n"] {
+        let r = raw(gw, &format!("{head}Transfer-Encoding: chunked\r\n\r\n{body}"));
+        assert_eq!(
+            (r.status, r.fault_code()),
+            (400, 900906),
+            "{body:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // A client that stops sending its body: 408 after the body idle timeout, not the backend's
+    // 504 (backend_timeout_ms is 1000 here, longer than 400 but it must not run meanwhile).
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "{head}Content-Length: 10\r\n\r\nabc").expect("write");
+    let started = std::time::Instant::now();
+    let r = read_response(&mut BufReader::new(s)).expect("response");
+    assert_eq!((r.status, r.fault_code()), (408, 900906), "{}", String::from_utf8_lossy(&r.body));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A complete chunked body still goes through.
+    let r = raw(
+        gw,
+        &format!("{head}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["body_bytes"], 5);
+    let metrics = String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    for m in ["gatelet_backend_errors_total 0", "gatelet_backend_timeouts_total 0"] {
+        assert!(metrics.contains(m), "a client fault moved a backend metric: {m}\n{metrics}");
+    }
+    running.shutdown();
+}

@@ -3,12 +3,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
+use smol::future::Future as _;
 
 /// Errors carried by bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,11 +36,32 @@ impl std::fmt::Display for TooLarge {
 
 impl std::error::Error for TooLarge {}
 
-/// Shared view of a metered body: bytes so far, and whether the limit tripped.
+/// The client sent no body bytes for longer than the body idle timeout.
+#[derive(Debug)]
+pub struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client stopped sending its request body")
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+/// Shared view of a metered body: bytes so far, how it ended, and when.
+///
+/// For a request body these say whose fault a failed forward was: a body that broke (malformed
+/// chunked framing, a connection cut mid-body) or stalled is the client's, never the backend's.
 #[derive(Debug, Default)]
 pub struct Meter {
     pub bytes: AtomicU64,
     pub over_limit: AtomicBool,
+    /// The body failed on the sending side (for a request: the client's framing or connection).
+    pub failed: AtomicBool,
+    /// No bytes arrived for longer than the idle timeout.
+    pub stalled: AtomicBool,
+    /// When the body ended (completely, by failure, or dropped).
+    pub done_at: OnceLock<Instant>,
 }
 
 /// Counts the bytes of `inner`, fails with [`TooLarge`] past `limit`, and calls `done` once with
@@ -47,6 +71,8 @@ pub struct Metered<B> {
     limit: u64,
     meter: Arc<Meter>,
     done: Option<Box<dyn FnOnce(u64) + Send>>,
+    /// Longest wait for the next frame, and its timer (armed while waiting).
+    idle: Option<(Duration, Option<smol::Timer>)>,
 }
 
 impl<B> std::fmt::Debug for Metered<B> {
@@ -58,12 +84,25 @@ impl<B> std::fmt::Debug for Metered<B> {
     }
 }
 
-impl<B> Metered<B> {
+impl<B: Body> Metered<B> {
     pub fn new(inner: B, limit: u64, meter: Arc<Meter>, done: Option<Box<dyn FnOnce(u64) + Send>>) -> Self {
-        Metered { inner, limit, meter, done }
+        if inner.is_end_stream() {
+            // Nothing will be polled: the body is done before it starts.
+            let _ = meter.done_at.set(Instant::now());
+        }
+        Metered { inner, limit, meter, done, idle: None }
     }
 
+    /// Fails the body with [`BodyStalled`] when no frame arrives for `timeout`.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle = Some((timeout, None));
+        self
+    }
+}
+
+impl<B> Metered<B> {
     fn finish(&mut self) {
+        let _ = self.meter.done_at.set(Instant::now());
         if let Some(done) = self.done.take() {
             done(self.meter.bytes.load(Ordering::Relaxed));
         }
@@ -89,7 +128,21 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some((timeout, timer)) = &mut this.idle {
+            if polled.is_pending() {
+                let t = timer.get_or_insert_with(|| smol::Timer::after(*timeout));
+                if Pin::new(t).poll(cx).is_ready() {
+                    this.meter.stalled.store(true, Ordering::Relaxed);
+                    this.finish();
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+                }
+            } else {
+                // Progress: the next wait starts its own clock.
+                *timer = None;
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let total =
@@ -103,6 +156,7 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
+                this.meter.failed.store(true, Ordering::Relaxed);
                 this.finish();
                 Poll::Ready(Some(Err(e.into())))
             }

@@ -71,6 +71,8 @@ pub struct Guarded<S> {
     heads: u32,
     /// A later request was refused: no more bytes reach hyper.
     draining: bool,
+    /// A chunked body was refused after its good bytes were passed on: the next read fails.
+    failed_body: bool,
 }
 
 /// What the guard found wrong with a head, for the 400 body and logs.
@@ -165,6 +167,7 @@ impl<S> Guarded<S> {
             pending: None,
             heads: 0,
             draining: false,
+            failed_body: false,
         }
     }
 
@@ -179,6 +182,7 @@ impl<S> Guarded<S> {
     fn observe_at(&mut self, chunk: &[u8]) -> Option<(Smuggling, usize)> {
         let mut data = chunk;
         while !data.is_empty() {
+            let here = chunk.len() - data.len();
             match &mut self.framing {
                 Framing::Refused | Framing::Passthrough => return None,
                 Framing::Head => {
@@ -216,64 +220,85 @@ impl<S> Guarded<S> {
                         self.framing = Framing::Head;
                     }
                 }
-                Framing::Chunked(chunk) => match chunk {
-                    Chunk::Size => {
-                        let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                            self.line.extend_from_slice(data);
-                            return (self.line.len() > MAX_CHUNK_LINE).then_some((Smuggling::BadChunk, 0));
-                        };
-                        self.line.extend_from_slice(&data[..nl]);
-                        data = &data[nl + 1..];
-                        let line = std::mem::take(&mut self.line);
-                        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                        let size_part = line.split(|&b| b == b';').next().unwrap_or(&[]).trim_ascii();
-                        let size = std::str::from_utf8(size_part)
-                            .ok()
-                            .filter(|s| !s.is_empty() && s.len() <= 16)
-                            .and_then(|s| u64::from_str_radix(s, 16).ok());
-                        match size {
-                            None => return Some((Smuggling::BadChunk, 0)),
-                            Some(0) => *chunk = Chunk::Trailer,
-                            Some(n) => *chunk = Chunk::Data(n),
+                Framing::Chunked(chunk) => {
+                    // Where the element being read began in this read (0: in an earlier one). A
+                    // refusal passes on what came before it, so hyper has the head and the good
+                    // chunks, and answers the request; the bad bytes never reach it.
+                    let began = if self.line.is_empty() { here } else { 0 };
+                    match chunk {
+                        Chunk::Size => {
+                            let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                                self.line.extend_from_slice(data);
+                                return (self.line.len() > MAX_CHUNK_LINE)
+                                    .then_some((Smuggling::BadChunk, began));
+                            };
+                            self.line.extend_from_slice(&data[..nl]);
+                            data = &data[nl + 1..];
+                            let line = std::mem::take(&mut self.line);
+                            let size = chunk_size(&line);
+                            match size {
+                                None => return Some((Smuggling::BadChunk, began)),
+                                Some(0) => *chunk = Chunk::Trailer,
+                                Some(n) => *chunk = Chunk::Data(n),
+                            }
+                        }
+                        Chunk::Data(left) => {
+                            let n = (*left).min(data.len() as u64);
+                            *left -= n;
+                            data = &data[usize::try_from(n).unwrap_or(data.len())..];
+                            if *left == 0 {
+                                *chunk = Chunk::DataEnd(2);
+                            }
+                        }
+                        Chunk::DataEnd(left) => {
+                            // Exactly CRLF after chunk data: a bare LF is one of the shapes on which
+                            // parsers disagree about where the chunk ends.
+                            let b = data[0];
+                            data = &data[1..];
+                            match (*left, b) {
+                                (2, b'\r') => *left = 1,
+                                (1, b'\n') => *chunk = Chunk::Size,
+                                _ => return Some((Smuggling::BadChunk, here)),
+                            }
+                        }
+                        Chunk::Trailer => {
+                            let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+                                self.line.extend_from_slice(data);
+                                return (self.line.len() > self.max_head)
+                                    .then_some((Smuggling::BadChunk, began));
+                            };
+                            self.line.extend_from_slice(&data[..nl]);
+                            data = &data[nl + 1..];
+                            let line = std::mem::take(&mut self.line);
+                            let Some(line) = line.strip_suffix(b"\r") else {
+                                return Some((Smuggling::BadChunk, began));
+                            };
+                            if line.is_empty() {
+                                self.framing = Framing::Head;
+                            }
                         }
                     }
-                    Chunk::Data(left) => {
-                        let n = (*left).min(data.len() as u64);
-                        *left -= n;
-                        data = &data[usize::try_from(n).unwrap_or(data.len())..];
-                        if *left == 0 {
-                            *chunk = Chunk::DataEnd(2);
-                        }
-                    }
-                    Chunk::DataEnd(left) => {
-                        // Expect CRLF (a bare LF is tolerated by hyper; mirror it loosely).
-                        let b = data[0];
-                        data = &data[1..];
-                        if b == b'\n' {
-                            *chunk = Chunk::Size;
-                        } else if b == b'\r' && *left == 2 {
-                            *left = 1;
-                        } else {
-                            return Some((Smuggling::BadChunk, 0));
-                        }
-                    }
-                    Chunk::Trailer => {
-                        let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                            self.line.extend_from_slice(data);
-                            return (self.line.len() > self.max_head).then_some((Smuggling::BadChunk, 0));
-                        };
-                        self.line.extend_from_slice(&data[..nl]);
-                        data = &data[nl + 1..];
-                        let line = std::mem::take(&mut self.line);
-                        if line.strip_suffix(b"\r").unwrap_or(&line).is_empty() {
-                            self.framing = Framing::Head;
-                        }
-                    }
-                },
+                }
             }
         }
         None
     }
+}
+
+/// The size of a chunk-size line (without its LF), by RFC 9112 §7.1: 1 to 16 hex digits and
+/// nothing else before an optional `;extension`, ending in CR. `u64::from_str_radix` alone would
+/// take `+5`, and a bare LF ending is read differently by different parsers: both are refused.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r")?;
+    let size = match line.iter().position(|&b| b == b';') {
+        // Whitespace may precede the extension (RFC 9112 §7.1.1, BWS).
+        Some(semi) => line[..semi].trim_ascii_end(),
+        None => line,
+    };
+    if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
 }
 
 /// Whether `buf` ends a head: a blank line after at least one non-blank line.
@@ -308,6 +333,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             }
         }
         if matches!(this.framing, Framing::Refused) {
+            if std::mem::take(&mut this.failed_body) {
+                let why = Smuggling::BadChunk.describe();
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+            }
             if this.draining {
                 // Withhold everything after the refused head; hyper finishes the response in
                 // flight, then its head-read timeout closes the connection.
@@ -323,7 +352,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             log::debug!("refused request: {}", why.describe());
             this.framing = Framing::Refused;
             if why == Smuggling::BadChunk {
-                // The request being read has a broken body: abort it.
+                // The request being read has a broken body. Pass on what came before the bad
+                // bytes (the head, good chunks), then fail the stream: hyper's body reports the
+                // error, the pipeline answers 400, and the connection closes.
+                if began > 0 {
+                    this.failed_body = true;
+                    return Poll::Ready(Ok(began));
+                }
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why.describe())));
             }
             if this.heads > 0 {
@@ -370,6 +405,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nA ;x\r\n0123456789\r\n0\r\n\r\n",
             // A body that looks like a smuggled head is just a body.
             b"POST / HTTP/1.1\r\nContent-Length: 52\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n",
         ];
@@ -389,6 +425,13 @@ mod tests {
             (b"GET / HTTP/1.1\r\nnocolon\r\n\r\n", Smuggling::MalformedHeaderLine),
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Smuggling::BadChunk),
             (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naXX", Smuggling::BadChunk),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n", Smuggling::BadChunk),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n", Smuggling::BadChunk),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\n", Smuggling::BadChunk),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\n", Smuggling::BadChunk),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", Smuggling::BadChunk),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n", Smuggling::BadChunk),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1\n\r\n", Smuggling::BadChunk),
             // The second request on a keep-alive connection is inspected too.
             (b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", Smuggling::ContentLengthAndTransferEncoding),
         ];

@@ -259,6 +259,10 @@ enum Refusal {
     Throttled(throttle::Throttled),
     ThrottleFailed(throttle::Unchecked),
     BodyTooLarge,
+    /// The client's body broke: malformed chunked framing, or the connection cut mid-body.
+    BadBody(String),
+    /// The client stopped sending its body for longer than `body_idle_timeout_ms`.
+    BodyStalled,
     Upstream(UpstreamError),
     NotReady,
 }
@@ -442,6 +446,17 @@ impl Gateway {
                 900906,
                 "Payload Too Large",
                 format!("request body larger than {} bytes", self.config.server.max_body_bytes),
+            ),
+            // The client's faults: no backend metric moves.
+            Refusal::BadBody(detail) => {
+                record.error_detail = Some(detail.clone());
+                (400, 900906, "Bad Request", "the request body is malformed or incomplete".into())
+            }
+            Refusal::BodyStalled => (
+                408,
+                900906,
+                "Request Timeout",
+                format!("no request body bytes for {} ms", self.config.server.body_idle_timeout_ms),
             ),
             Refusal::Upstream(UpstreamError::Timeout) => {
                 self.metrics.backend_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -695,15 +710,23 @@ impl Gateway {
             h.insert(HeaderName::from_static("x-request-id"), v);
         }
         let meter = Arc::new(Meter::default());
-        let body = Metered::new(incoming, max_body, Arc::clone(&meter), None).boxed_unsync();
+        let body = Metered::new(incoming, max_body, Arc::clone(&meter), None)
+            .idle_timeout(Duration::from_millis(self.config.server.body_idle_timeout_ms))
+            .boxed_unsync();
         let mut upstream_req = Request::from_parts(parts, body);
         *upstream_req.version_mut() = hyper::Version::HTTP_11;
         let sent = Instant::now();
-        let result = self.upstreams.send(endpoints, &resource, &query, upstream_req).await;
+        let result = self.upstreams.send(endpoints, &resource, &query, upstream_req, &meter).await;
         record.request_bytes = meter.bytes.load(Ordering::Relaxed);
         let resp = match result {
             Ok(r) => r,
+            // A forward that failed because of the request body is the client's fault.
             Err(_) if meter.over_limit.load(Ordering::Relaxed) => return Err(Refusal::BodyTooLarge),
+            Err(_) if meter.stalled.load(Ordering::Relaxed) => return Err(Refusal::BodyStalled),
+            Err(e) if meter.failed.load(Ordering::Relaxed) => {
+                log::debug!("{} {}: request body: {e}", record.method, path);
+                return Err(Refusal::BadBody(e.to_string()));
+            }
             Err(e) => {
                 log::warn!("{} {}: {e}", record.method, path);
                 return Err(Refusal::Upstream(e));

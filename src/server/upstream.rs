@@ -19,6 +19,7 @@ use smol_hyper::rt::FuturesIo;
 use crate::bundle::model::{EndpointKind, EndpointUrl, Endpoints};
 
 use super::ProxyBody;
+use super::body::Meter;
 
 /// Why a backend gave no response. The fault is the backend's (or the network's).
 #[derive(Debug)]
@@ -37,6 +38,23 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Unreachable(e) => write!(f, "backend unreachable: {e}"),
             UpstreamError::Timeout => f.write_str("backend did not answer in time"),
             UpstreamError::Failed(e) => write!(f, "backend connection failed: {e}"),
+        }
+    }
+}
+
+/// Resolves `timeout` after the request body has been sent. While the client is still sending
+/// it, the backend is not late: a client that stalls is stopped by its own idle timeout (and it
+/// is the client's fault, not the backend's).
+async fn response_deadline(timeout: Duration, body: &Meter) {
+    loop {
+        match body.done_at.get() {
+            Some(done) => {
+                smol::Timer::at(*done + timeout).await;
+                return;
+            }
+            None => {
+                smol::Timer::after(timeout).await;
+            }
         }
     }
 }
@@ -182,6 +200,7 @@ impl Upstreams {
         resource: &str,
         query: &str,
         request: hyper::Request<ProxyBody>,
+        body: &Meter,
     ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
         let mut last_err = String::from("no endpoint");
         let mut unsent = Some(request);
@@ -215,7 +234,7 @@ impl Upstreams {
                     return Err(UpstreamError::Failed(e));
                 }
                 let response = smol::future::or(async { Some(sender.try_send_request(req).await) }, async {
-                    smol::Timer::after(self.response_timeout).await;
+                    response_deadline(self.response_timeout, body).await;
                     None
                 })
                 .await;
