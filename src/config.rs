@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header_bytes: u32,
+    /// Memory all unfinished request heads may hold together (slow clients); past it, the
+    /// connections that have held an unfinished head longest are closed first.
+    pub max_head_memory_bytes: u64,
     /// Largest request body; larger gets 413.
     pub max_body_bytes: u64,
     /// Longest wait for the next bytes of a request body; longer gets 408 (the client's fault,
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
+            max_head_memory_bytes: 8 * 1024 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             body_idle_timeout_ms: 10_000,
             backend_connect_timeout_ms: 2_000,
@@ -327,6 +331,11 @@ impl Config {
             return Err(ConfigError("server.max_header_bytes must be 8192 to 1048576".into()));
         }
         crate::server::forwarded::TrustedProxies::parse(&s.trusted_proxies).map_err(ConfigError)?;
+        if s.max_head_memory_bytes < u64::from(s.max_header_bytes) || s.max_head_memory_bytes > 1 << 30 {
+            return Err(ConfigError(
+                "server.max_head_memory_bytes must be at least server.max_header_bytes and at most 1073741824".into(),
+            ));
+        }
         if self.bundle.trusted_keys.is_empty() {
             return Err(ConfigError("bundle.trusted_keys is empty: no bundle could ever be accepted".into()));
         }

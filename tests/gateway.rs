@@ -950,3 +950,83 @@ fn a_clients_broken_or_stalled_body_is_the_clients_fault() {
     }
     running.shutdown();
 }
+
+#[test]
+fn refusals_before_the_pipeline_leave_a_record_and_a_count() {
+    use std::io::Read as _;
+    let f = Fixture::new("probes");
+    let (running, gw, admin) = start(&f, 10, "");
+    // The framing guard: CL + TE on the first request → 400 and closed.
+    let r = raw(
+        gw,
+        "POST /shop/1.0.0/items HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!((r.status, r.fault_code()), (400, 900906));
+    // hyper's parser: a head past max_header_bytes → 431; a malformed request line → 400.
+    let big =
+        format!("GET /shop/1.0.0/big HTTP/1.1\r\nHost: gw.test\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(raw(gw, &big).status, 431);
+    assert_eq!(
+        raw(gw, "GET /shop/1.0.0/x HTTP/1.1\r\nHost: gw.test\r\nBad\u{1}Header: x\r\n\r\n").status,
+        400
+    );
+    // A smuggling shape on a later request of a keep-alive connection: no answer, still a record.
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        s,
+        "GET /shop/1.0.0/open HTTP/1.1\r\nHost: gw.test\r\n\r\nGET /shop/1.0.0/open HTTP/1.1\r\nHost: gw.test\r\nX-A: a\r\n b\r\n\r\n"
+    )
+    .expect("write");
+    let mut reader = BufReader::new(s);
+    assert_eq!(read_response(&mut reader).expect("first is answered").status, 200);
+    let metrics = || String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(
+        eventually(Duration::from_secs(5), || metrics()
+            .contains("gatelet_requests_total{api=\"none\",status=\"400\"} 3")),
+        "{}",
+        metrics()
+    );
+    assert!(metrics().contains("gatelet_requests_total{api=\"none\",status=\"431\"} 1"), "{}", metrics());
+    drop(reader);
+    running.shutdown();
+
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(f.dir.join("spool")).expect("spool") {
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(entry.expect("entry").path()).expect("open"))
+            .read_to_string(&mut text)
+            .expect("gzip");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            if v["kind"] == "request" && v["status"] != 200 {
+                records.push(v);
+            }
+        }
+    }
+    let mut seen: Vec<(u64, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_u64().expect("status"),
+                r["method"].as_str().expect("method").to_owned(),
+                r["error_detail"].as_str().expect("a reason").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 4, "{records:#?}");
+    assert_eq!((seen[0].0, seen[0].1.as_str()), (400, "GET"));
+    assert!(
+        seen.iter()
+            .any(|(s, m, d)| *s == 400 && m == "POST" && d.contains("Content-Length and Transfer-Encoding"))
+    );
+    assert!(
+        seen.iter()
+            .any(|(s, _, d)| *s == 400 && d.contains("line folding") && d.contains("without an answer"))
+    );
+    assert!(seen.iter().any(|(s, _, d)| *s == 400 && d.contains("HTTP parser")));
+    assert!(seen.iter().any(|(s, m, _)| *s == 431 && m == "GET"));
+    assert!(records.iter().all(|r| r["client_ip"] == "127.0.0.1" && r["api"].is_null()));
+    assert!(records.iter().any(|r| r["resource"] == "/shop/1.0.0/items"), "{records:#?}");
+}

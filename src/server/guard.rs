@@ -11,27 +11,37 @@
 //! - a `Transfer-Encoding` other than exactly `chunked` (gatelet decodes no other coding);
 //! - several `Transfer-Encoding` headers, or several `Content-Length` headers;
 //! - obs-fold (a header line starting with a space or tab, RFC 9112 §5.2);
-//! - a header line without a colon, or whitespace before the colon (RFC 9112 §5.1).
+//! - a header line without a colon, whitespace before the colon (RFC 9112 §5.1), or a bare CR.
 //!
 //! A refusal on the first request of a connection is answered `400` and the connection closed.
 //! On a later request of a keep-alive connection, the requests before it are served and the
 //! connection is then closed without a response (at the head-read timeout): hyper reads ahead
 //! while an earlier response may still be going out, and a 400 written then could land inside it.
-//! A malformed chunked body aborts the connection.
+//! A malformed chunked body (a size that is not 1-16 hex digits, a bare LF) fails the body after
+//! the good bytes before it were passed on: the pipeline answers 400 and the connection closes.
+//! Every refusal is reported through [`GuardEvents`], so it leaves a usage record and a count.
 //!
-//! The guard reads only what hyper asks for and passes it on unchanged; its own state is a few
-//! integers plus the head bytes seen so far, capped at the head limit (hyper answers 431 beyond).
+//! **Memory.** The guard reads only what hyper asks for and passes it on unchanged. It scans each
+//! head byte by byte and keeps no copy of it: a few integers, the header name and framing value
+//! being read (at most [`NAME_KEPT`] and [`VALUE_KEPT`] bytes) and the first
+//! [`REQUEST_LINE_KEPT`] bytes of the request line (for the usage record of a refusal). The bytes
+//! of an unfinished head live once, in hyper's read buffer, and are charged to a [`HeadBudget`]
+//! shared by all connections: past the budget, the connections that have held an unfinished head
+//! longest are closed first. A client sending its head in one go is never charged.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use smol::io::{AsyncRead, AsyncWrite};
 
 /// Where the guard is in the request stream.
 #[derive(Debug)]
 enum Framing {
-    /// Reading a head; holds its bytes so far.
+    /// Reading a head.
     Head,
     /// Inside a `Content-Length` body.
     Body(u64),
@@ -45,7 +55,7 @@ enum Framing {
 
 #[derive(Debug)]
 enum Chunk {
-    /// Reading a chunk-size line (bytes so far).
+    /// Reading a chunk-size line.
     Size,
     /// Inside chunk data (remaining, then CRLF).
     Data(u64),
@@ -57,25 +67,243 @@ enum Chunk {
 
 /// Longest chunk-size line (size, extensions) tolerated.
 const MAX_CHUNK_LINE: usize = 1024;
+/// Chunk-size line bytes kept: 16 hex digits, whitespace, then `;` must come within them.
+const CHUNK_LINE_KEPT: usize = 32;
+/// Request-line bytes kept, for the usage record of a refused request.
+pub const REQUEST_LINE_KEPT: usize = 256;
+/// Header-name bytes kept: enough to recognise `transfer-encoding` (17) and `content-length` (14).
+pub const NAME_KEPT: usize = 32;
+/// Framing-header value bytes kept: a `Content-Length` has at most 20 digits, and `chunked` is 7;
+/// anything longer is not a value gatelet accepts.
+pub const VALUE_KEPT: usize = 64;
 
-/// The guarded stream.
-#[derive(Debug)]
-pub struct Guarded<S> {
-    inner: S,
-    framing: Framing,
-    line: Vec<u8>,
-    max_head: usize,
-    /// A refusal to write before reporting end of stream.
-    pending: Option<(Vec<u8>, usize)>,
-    /// Request heads that passed on this connection.
-    heads: u32,
-    /// A later request was refused: no more bytes reach hyper.
-    draining: bool,
-    /// A chunked body was refused after its good bytes were passed on: the next read fails.
-    failed_body: bool,
+/// Which framing header a header line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Field {
+    #[default]
+    Other,
+    ContentLength,
+    TransferEncoding,
 }
 
-/// What the guard found wrong with a head, for the 400 body and logs.
+/// The incremental scan of one head.
+#[derive(Debug)]
+struct HeadScan {
+    /// Bytes of this head so far (leading blank lines included).
+    len: usize,
+    /// The request line was seen (blank lines before it are skipped, RFC 9112 §2.2).
+    started: bool,
+    in_request_line: bool,
+    /// No byte of the current line yet.
+    line_start: bool,
+    /// A CR was seen: the next byte must be LF.
+    cr: bool,
+    name: [u8; NAME_KEPT],
+    name_len: usize,
+    name_long: bool,
+    colon: bool,
+    field: Field,
+    value: [u8; VALUE_KEPT],
+    value_len: usize,
+    value_long: bool,
+    content_length: Option<u64>,
+    /// `Some(true)`: exactly `chunked`.
+    transfer_encoding: Option<bool>,
+    /// The first bytes of this head's request line (kept until the next head starts).
+    request_line: Vec<u8>,
+}
+
+impl Default for HeadScan {
+    fn default() -> Self {
+        HeadScan {
+            len: 0,
+            started: false,
+            in_request_line: false,
+            line_start: true,
+            cr: false,
+            name: [0; NAME_KEPT],
+            name_len: 0,
+            name_long: false,
+            colon: false,
+            field: Field::Other,
+            value: [0; VALUE_KEPT],
+            value_len: 0,
+            value_long: false,
+            content_length: None,
+            transfer_encoding: None,
+            request_line: Vec::new(),
+        }
+    }
+}
+
+impl HeadScan {
+    /// Starts the next head, keeping the request-line buffer's allocation.
+    fn reset(&mut self) {
+        let mut line = std::mem::take(&mut self.request_line);
+        line.clear();
+        *self = HeadScan { request_line: line, ..HeadScan::default() };
+    }
+
+    /// Takes one byte; `Some` when the head is complete.
+    fn push(&mut self, b: u8) -> Result<Option<Framing>, Smuggling> {
+        self.len += 1;
+        if self.cr {
+            self.cr = false;
+            if b != b'\n' {
+                // A bare CR: RFC 9112 §2.2 lets a recipient treat the element as invalid.
+                return Err(Smuggling::MalformedHeaderLine);
+            }
+            return self.end_line();
+        }
+        match b {
+            b'\r' => {
+                self.cr = true;
+                Ok(None)
+            }
+            b'\n' => self.end_line(),
+            _ => self.byte(b).map(|()| None),
+        }
+    }
+
+    fn byte(&mut self, b: u8) -> Result<(), Smuggling> {
+        if self.line_start {
+            self.line_start = false;
+            if !self.started {
+                self.started = true;
+                self.in_request_line = true;
+                self.request_line.clear();
+            } else if b == b' ' || b == b'\t' {
+                return Err(Smuggling::ObsFold);
+            }
+        }
+        if self.in_request_line {
+            if self.request_line.len() < REQUEST_LINE_KEPT {
+                self.request_line.push(b);
+            }
+            return Ok(());
+        }
+        if !self.colon {
+            if b == b':' {
+                if self.name_len == 0 {
+                    return Err(Smuggling::MalformedHeaderLine);
+                }
+                self.colon = true;
+                let name = &self.name[..self.name_len];
+                self.field = if self.name_long {
+                    Field::Other
+                } else if name == b"content-length" {
+                    Field::ContentLength
+                } else if name == b"transfer-encoding" {
+                    Field::TransferEncoding
+                } else {
+                    Field::Other
+                };
+                return Ok(());
+            }
+            if b.is_ascii_whitespace() {
+                return Err(Smuggling::MalformedHeaderLine);
+            }
+            if self.name_len < NAME_KEPT {
+                self.name[self.name_len] = b.to_ascii_lowercase();
+                self.name_len += 1;
+            } else {
+                self.name_long = true;
+            }
+        } else if self.field != Field::Other {
+            if self.value_len < VALUE_KEPT {
+                self.value[self.value_len] = b;
+                self.value_len += 1;
+            } else {
+                self.value_long = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_line(&mut self) -> Result<Option<Framing>, Smuggling> {
+        if self.line_start {
+            // A blank line: before the request line it is skipped; after, it ends the head.
+            return if self.started { self.finish().map(Some) } else { Ok(None) };
+        }
+        if self.in_request_line {
+            self.in_request_line = false;
+        } else {
+            self.end_header()?;
+        }
+        self.line_start = true;
+        self.name_len = 0;
+        self.name_long = false;
+        self.colon = false;
+        self.field = Field::Other;
+        self.value_len = 0;
+        self.value_long = false;
+        Ok(None)
+    }
+
+    fn end_header(&mut self) -> Result<(), Smuggling> {
+        if !self.colon {
+            return Err(Smuggling::MalformedHeaderLine);
+        }
+        let value = self.value[..self.value_len].trim_ascii();
+        match self.field {
+            Field::Other => {}
+            Field::ContentLength => {
+                if self.content_length.is_some() {
+                    return Err(Smuggling::RepeatedFramingHeader);
+                }
+                // Anything but digits is left to hyper, which answers 400.
+                let n = (!self.value_long && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
+                    .flatten();
+                self.content_length = Some(n.unwrap_or(0));
+            }
+            Field::TransferEncoding => {
+                if self.transfer_encoding.is_some() {
+                    return Err(Smuggling::RepeatedFramingHeader);
+                }
+                self.transfer_encoding = Some(!self.value_long && value.eq_ignore_ascii_case(b"chunked"));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<Framing, Smuggling> {
+        match (self.content_length, self.transfer_encoding) {
+            (Some(_), Some(_)) => Err(Smuggling::ContentLengthAndTransferEncoding),
+            (None, Some(false)) => Err(Smuggling::UnsupportedTransferEncoding),
+            (None, Some(true)) => Ok(Framing::Chunked(Chunk::Size)),
+            (Some(0), None) | (None, None) => Ok(Framing::Head),
+            (Some(n), None) => Ok(Framing::Body(n)),
+        }
+    }
+}
+
+/// The scan of one chunk-size or trailer line.
+#[derive(Debug, Default)]
+struct LineScan {
+    kept: [u8; CHUNK_LINE_KEPT],
+    kept_len: usize,
+    len: usize,
+    last: u8,
+}
+
+impl LineScan {
+    fn push(&mut self, b: u8) {
+        if self.kept_len < CHUNK_LINE_KEPT {
+            self.kept[self.kept_len] = b;
+            self.kept_len += 1;
+        }
+        self.len += 1;
+        self.last = b;
+    }
+
+    /// Whether the line (without its LF) ends in CR, as RFC 9112 requires.
+    fn ends_in_cr(&self) -> bool {
+        self.len > 0 && self.last == b'\r'
+    }
+}
+
+/// What the guard found wrong, for the 400 body, the log and the usage record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Smuggling {
     ContentLengthAndTransferEncoding,
@@ -99,57 +327,11 @@ impl Smuggling {
     }
 }
 
-/// Inspects a complete head (request line and headers, ending in an empty line).
-/// Returns the body framing or the refusal.
-fn inspect_head(head: &[u8]) -> Result<Framing, Smuggling> {
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
-    for l in lines.by_ref() {
-        if !l.is_empty() {
-            break;
-        }
-    }
-    let mut cl: Option<u64> = None;
-    let mut te: Option<bool> = None; // Some(true) = exactly chunked
-    for l in lines {
-        if l.is_empty() {
-            break;
-        }
-        if l[0] == b' ' || l[0] == b'\t' {
-            return Err(Smuggling::ObsFold);
-        }
-        let colon = l.iter().position(|&b| b == b':').ok_or(Smuggling::MalformedHeaderLine)?;
-        let name = &l[..colon];
-        if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace()) {
-            return Err(Smuggling::MalformedHeaderLine);
-        }
-        let value = l[colon + 1..].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if cl.is_some() {
-                return Err(Smuggling::RepeatedFramingHeader);
-            }
-            // An unparsable length is left to hyper, which answers 400.
-            let n = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
-            cl = Some(n.unwrap_or(0));
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if te.is_some() {
-                return Err(Smuggling::RepeatedFramingHeader);
-            }
-            te = Some(value.eq_ignore_ascii_case(b"chunked"));
-        }
-    }
-    match (cl, te) {
-        (Some(_), Some(_)) => Err(Smuggling::ContentLengthAndTransferEncoding),
-        (None, Some(false)) => Err(Smuggling::UnsupportedTransferEncoding),
-        (None, Some(true)) => Ok(Framing::Chunked(Chunk::Size)),
-        (Some(0), None) | (None, None) => Ok(Framing::Head),
-        (Some(n), None) => Ok(Framing::Body(n)),
-    }
-}
-
 fn refusal(why: Smuggling) -> Vec<u8> {
-    let body =
-        format!(r#"{{"fault":{{"code":400,"message":"Bad Request","description":"{}"}}}}"#, why.describe());
+    let body = format!(
+        r#"{{"fault":{{"code":900906,"message":"Bad Request","description":"{}"}}}}"#,
+        why.describe()
+    );
     format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -157,18 +339,180 @@ fn refusal(why: Smuggling) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Where the guard reports what it refused (the data plane turns it into a usage record and a
+/// count). `request_line` is the first bytes of the refused request's line, as the client sent.
+pub trait GuardEvents: Send + Sync {
+    /// A head was refused: answered 400 (`answered`), or, on a later request of a keep-alive
+    /// connection, closed without an answer.
+    fn refused(&self, why: Smuggling, request_line: &[u8], answered: bool);
+    /// The connection's stream is gone; `last_request_line` is the line of the last head the
+    /// guard saw (complete or not), for a refusal hyper made after it (400, 431).
+    fn closed(&self, _last_request_line: &[u8]) {}
+}
+
+/// The memory all unfinished heads may hold together (in hyper's read buffers), and who holds it.
+#[derive(Debug)]
+pub struct HeadBudget {
+    limit: usize,
+    used: AtomicUsize,
+    shed: AtomicU64,
+    next: AtomicU64,
+    /// Connections holding an unfinished head, oldest first.
+    holders: Mutex<BTreeMap<u64, Arc<Holder>>>,
+}
+
+#[derive(Debug, Default)]
+struct Holder {
+    charged: AtomicUsize,
+    shed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+/// hyper's read buffer starts at 8 KiB; an unfinished head holds at least that much.
+const READ_BUFFER_MIN: usize = 8192;
+
+impl HeadBudget {
+    pub fn new(limit: usize) -> Arc<HeadBudget> {
+        Arc::new(HeadBudget {
+            limit,
+            used: AtomicUsize::new(0),
+            shed: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+            holders: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Bytes charged to unfinished heads now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Connections closed to stay within the budget, since start.
+    pub fn shed_total(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Charges `bytes` of unfinished head to `slot` (0 releases it), then sheds the oldest
+    /// holders while the budget is exceeded.
+    fn charge(&self, slot: &mut Option<(u64, Arc<Holder>)>, bytes: usize, waker: &Waker) {
+        if bytes == 0 {
+            self.release(slot);
+            return;
+        }
+        let (_, holder) = slot.get_or_insert_with(|| {
+            let seq = self.next.fetch_add(1, Ordering::Relaxed);
+            let h = Arc::new(Holder::default());
+            if let Ok(mut m) = self.holders.lock() {
+                m.insert(seq, Arc::clone(&h));
+            }
+            (seq, h)
+        });
+        if holder.shed.load(Ordering::Relaxed) {
+            return;
+        }
+        let cost = bytes.max(READ_BUFFER_MIN);
+        let old = holder.charged.swap(cost, Ordering::Relaxed);
+        if cost >= old {
+            self.used.fetch_add(cost - old, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(old - cost, Ordering::Relaxed);
+        }
+        if let Ok(mut w) = holder.waker.lock() {
+            match &*w {
+                Some(current) if current.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            }
+        }
+        if self.used() > self.limit {
+            self.shed_oldest();
+        }
+    }
+
+    fn release(&self, slot: &mut Option<(u64, Arc<Holder>)>) {
+        if let Some((seq, holder)) = slot.take() {
+            self.used.fetch_sub(holder.charged.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+            if let Ok(mut m) = self.holders.lock() {
+                m.remove(&seq);
+            }
+        }
+    }
+
+    fn shed_oldest(&self) {
+        let Ok(mut holders) = self.holders.lock() else { return };
+        while self.used() > self.limit {
+            let Some((_, oldest)) = holders.pop_first() else { break };
+            self.used.fetch_sub(oldest.charged.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+            oldest.shed.store(true, Ordering::Relaxed);
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            let waker = oldest.waker.lock().ok().and_then(|mut w| w.take());
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// The guarded stream.
+pub struct Guarded<S> {
+    inner: S,
+    framing: Framing,
+    head: HeadScan,
+    line: LineScan,
+    max_head: usize,
+    /// A refusal to write before reporting end of stream.
+    pending: Option<(Vec<u8>, usize)>,
+    /// Request heads that passed on this connection.
+    heads: u32,
+    /// A later request was refused: no more bytes reach hyper.
+    draining: bool,
+    /// A chunked body was refused after its good bytes were passed on: the next read fails.
+    failed_body: bool,
+    budget: Option<Arc<HeadBudget>>,
+    slot: Option<(u64, Arc<Holder>)>,
+    events: Option<Arc<dyn GuardEvents>>,
+}
+
+impl<S> std::fmt::Debug for Guarded<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("framing", &self.framing)
+            .field("heads", &self.heads)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S> Guarded<S> {
     pub fn new(inner: S, max_head: usize) -> Self {
         Guarded {
             inner,
             framing: Framing::Head,
-            line: Vec::new(),
+            head: HeadScan::default(),
+            line: LineScan::default(),
             max_head,
             pending: None,
             heads: 0,
             draining: false,
             failed_body: false,
+            budget: None,
+            slot: None,
+            events: None,
         }
+    }
+
+    /// Charges unfinished heads to `budget`.
+    pub fn with_budget(mut self, budget: Arc<HeadBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Reports refusals to `events`.
+    pub fn with_events(mut self, events: Arc<dyn GuardEvents>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Follows `data` through the framing state machine. Returns a refusal if one is found.
@@ -177,8 +521,8 @@ impl<S> Guarded<S> {
         self.observe_at(data).map(|(why, _)| why)
     }
 
-    /// [`Guarded::observe`], also saying where in `data` the refused head began (0 when it began
-    /// in an earlier read, or for a bad chunked body).
+    /// Follows `chunk` through the framing state machine. On a refusal, also says where in
+    /// `chunk` the refused element began (0 when it began in an earlier read).
     fn observe_at(&mut self, chunk: &[u8]) -> Option<(Smuggling, usize)> {
         let mut data = chunk;
         while !data.is_empty() {
@@ -186,31 +530,31 @@ impl<S> Guarded<S> {
             match &mut self.framing {
                 Framing::Refused | Framing::Passthrough => return None,
                 Framing::Head => {
-                    let began = if self.line.is_empty() { chunk.len() - data.len() } else { 0 };
-                    // Accumulate until the blank line ending the head.
-                    let mut end = None;
+                    if self.head.len == 0 {
+                        self.head.reset();
+                    }
+                    let began = if self.head.len == 0 { here } else { 0 };
+                    let mut done = None;
                     for (i, &b) in data.iter().enumerate() {
-                        self.line.push(b);
-                        if b == b'\n' && head_complete(&self.line) {
-                            end = Some(i + 1);
-                            break;
+                        match self.head.push(b) {
+                            Err(why) => return Some((why, began)),
+                            Ok(Some(f)) => {
+                                done = Some((i + 1, f));
+                                break;
+                            }
+                            Ok(None) => {}
                         }
-                        if self.line.len() > self.max_head {
+                        if self.head.len > self.max_head {
+                            // hyper answers 431 and closes; the request line stays for the record.
                             self.framing = Framing::Passthrough;
-                            self.line = Vec::new();
                             return None;
                         }
                     }
-                    let end = end?;
+                    let (end, framing) = done?;
                     data = &data[end..];
-                    let head = std::mem::take(&mut self.line);
-                    match inspect_head(&head) {
-                        Ok(f) => {
-                            self.framing = f;
-                            self.heads = self.heads.saturating_add(1);
-                        }
-                        Err(why) => return Some((why, began)),
-                    }
+                    self.framing = framing;
+                    self.head.len = 0;
+                    self.heads = self.heads.saturating_add(1);
                 }
                 Framing::Body(left) => {
                     let n = (*left).min(data.len() as u64);
@@ -224,19 +568,21 @@ impl<S> Guarded<S> {
                     // Where the element being read began in this read (0: in an earlier one). A
                     // refusal passes on what came before it, so hyper has the head and the good
                     // chunks, and answers the request; the bad bytes never reach it.
-                    let began = if self.line.is_empty() { here } else { 0 };
+                    let began = if self.line.len == 0 { here } else { 0 };
                     match chunk {
                         Chunk::Size => {
                             let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                                self.line.extend_from_slice(data);
-                                return (self.line.len() > MAX_CHUNK_LINE)
+                                data.iter().for_each(|&b| self.line.push(b));
+                                return (self.line.len > MAX_CHUNK_LINE)
                                     .then_some((Smuggling::BadChunk, began));
                             };
-                            self.line.extend_from_slice(&data[..nl]);
+                            data[..nl].iter().for_each(|&b| self.line.push(b));
                             data = &data[nl + 1..];
                             let line = std::mem::take(&mut self.line);
-                            let size = chunk_size(&line);
-                            match size {
+                            if line.len > MAX_CHUNK_LINE {
+                                return Some((Smuggling::BadChunk, began));
+                            }
+                            match chunk_size(&line) {
                                 None => return Some((Smuggling::BadChunk, began)),
                                 Some(0) => *chunk = Chunk::Trailer,
                                 Some(n) => *chunk = Chunk::Data(n),
@@ -263,17 +609,17 @@ impl<S> Guarded<S> {
                         }
                         Chunk::Trailer => {
                             let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                                self.line.extend_from_slice(data);
-                                return (self.line.len() > self.max_head)
+                                data.iter().for_each(|&b| self.line.push(b));
+                                return (self.line.len > self.max_head)
                                     .then_some((Smuggling::BadChunk, began));
                             };
-                            self.line.extend_from_slice(&data[..nl]);
+                            data[..nl].iter().for_each(|&b| self.line.push(b));
                             data = &data[nl + 1..];
                             let line = std::mem::take(&mut self.line);
-                            let Some(line) = line.strip_suffix(b"\r") else {
+                            if line.len > self.max_head || !line.ends_in_cr() {
                                 return Some((Smuggling::BadChunk, began));
-                            };
-                            if line.is_empty() {
+                            }
+                            if line.len == 1 {
                                 self.framing = Framing::Head;
                             }
                         }
@@ -283,34 +629,46 @@ impl<S> Guarded<S> {
         }
         None
     }
+
+    /// Bytes of an unfinished head hyper holds (0 between requests or once the head is done).
+    fn unfinished_head(&self) -> usize {
+        match self.framing {
+            Framing::Head => self.head.len,
+            _ => 0,
+        }
+    }
+}
+
+impl<S> Drop for Guarded<S> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(&mut self.slot);
+        }
+        if let Some(e) = &self.events {
+            e.closed(&self.head.request_line);
+        }
+    }
 }
 
 /// The size of a chunk-size line (without its LF), by RFC 9112 §7.1: 1 to 16 hex digits and
 /// nothing else before an optional `;extension`, ending in CR. `u64::from_str_radix` alone would
 /// take `+5`, and a bare LF ending is read differently by different parsers: both are refused.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r")?;
-    let size = match line.iter().position(|&b| b == b';') {
+fn chunk_size(line: &LineScan) -> Option<u64> {
+    if !line.ends_in_cr() {
+        return None;
+    }
+    let kept = &line.kept[..line.kept_len];
+    // The size, and the ';' of an extension if any, must come within the kept bytes.
+    let size = match kept.iter().position(|&b| b == b';') {
         // Whitespace may precede the extension (RFC 9112 §7.1.1, BWS).
-        Some(semi) => line[..semi].trim_ascii_end(),
-        None => line,
+        Some(semi) => kept[..semi].trim_ascii_end(),
+        None if line.len == line.kept_len => &kept[..kept.len() - 1],
+        None => return None,
     };
     if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
-}
-
-/// Whether `buf` ends a head: a blank line after at least one non-blank line.
-fn head_complete(buf: &[u8]) -> bool {
-    let trimmed = {
-        let mut start = 0;
-        while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
-            start += 1;
-        }
-        &buf[start..]
-    };
-    trimmed.ends_with(b"\r\n\r\n") || trimmed.ends_with(b"\n\n") || trimmed.ends_with(b"\n\r\n")
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
@@ -332,6 +690,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        if this.slot.as_ref().is_some_and(|(_, h)| h.shed.load(Ordering::Relaxed)) {
+            // Closed to keep unfinished heads within their memory budget (oldest first).
+            log::debug!("unfinished head shed: head memory budget exceeded");
+            if let Some(b) = &this.budget {
+                b.release(&mut this.slot);
+            }
+            this.framing = Framing::Refused;
+            return Poll::Ready(Ok(0));
+        }
         if matches!(this.framing, Framing::Refused) {
             if std::mem::take(&mut this.failed_body) {
                 let why = Smuggling::BadChunk.describe();
@@ -348,20 +715,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
-        if let Some((why, began)) = this.observe_at(&buf[..n]) {
+        let refused = this.observe_at(&buf[..n]);
+        if let Some(budget) = &this.budget {
+            let held = if refused.is_some() { 0 } else { this.unfinished_head() };
+            if held > 0 || this.slot.is_some() {
+                budget.charge(&mut this.slot, held, cx.waker());
+            }
+        }
+        if let Some((why, began)) = refused {
             log::debug!("refused request: {}", why.describe());
             this.framing = Framing::Refused;
             if why == Smuggling::BadChunk {
                 // The request being read has a broken body. Pass on what came before the bad
                 // bytes (the head, good chunks), then fail the stream: hyper's body reports the
-                // error, the pipeline answers 400, and the connection closes.
+                // error, the pipeline answers 400 (and records it), and the connection closes.
                 if began > 0 {
                     this.failed_body = true;
                     return Poll::Ready(Ok(began));
                 }
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why.describe())));
             }
-            if this.heads > 0 {
+            let answered = this.heads == 0;
+            if let Some(e) = &this.events {
+                e.refused(why, &this.head.request_line, answered);
+            }
+            if !answered {
                 // An earlier request on this connection may still be answering (hyper reads ahead
                 // while a response is in flight): a 400 written now could land inside it. Pass on
                 // what came before the refused head, then nothing more.
@@ -392,6 +770,49 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_budget_sheds_the_oldest_holders_first() {
+        let budget = HeadBudget::new(3 * READ_BUFFER_MIN);
+        let waker = Waker::noop();
+        let mut slots: Vec<Option<(u64, Arc<Holder>)>> = (0..4).map(|_| None).collect();
+        for slot in &mut slots[..3] {
+            budget.charge(slot, 100, waker);
+        }
+        assert_eq!(budget.used(), 3 * READ_BUFFER_MIN, "a small head is charged hyper's whole buffer");
+        assert_eq!(budget.shed_total(), 0);
+        // A fourth unfinished head: the oldest holder goes.
+        budget.charge(&mut slots[3], 100, waker);
+        let shed: Vec<bool> =
+            slots.iter().map(|s| s.as_ref().is_some_and(|(_, h)| h.shed.load(Ordering::Relaxed))).collect();
+        assert_eq!(shed, [true, false, false, false]);
+        assert_eq!((budget.used(), budget.shed_total()), (3 * READ_BUFFER_MIN, 1));
+        // A head that grows is charged what it holds; the oldest remaining holder goes next.
+        budget.charge(&mut slots[3], 2 * READ_BUFFER_MIN, waker);
+        assert!(slots[1].as_ref().is_some_and(|(_, h)| h.shed.load(Ordering::Relaxed)));
+        assert_eq!(budget.used(), 3 * READ_BUFFER_MIN);
+        // Finished heads release their charge; the shed ones hold nothing.
+        for slot in &mut slots {
+            budget.release(slot);
+        }
+        assert_eq!(budget.used(), 0);
+        assert!(budget.holders.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn the_guard_keeps_no_copy_of_a_head() {
+        // A 16 KB head in many small reads: the guard's own memory stays what it was.
+        let mut g = Guarded::new((), 32 * 1024);
+        assert_eq!(g.observe(b"GET /a HTTP/1.1\r\n"), None);
+        for _ in 0..1000 {
+            assert_eq!(g.observe(b"X-Pad: 0123456789\r\n"), None);
+        }
+        assert!(g.head.len > 16_000);
+        assert_eq!(g.head.request_line, b"GET /a HTTP/1.1");
+        assert!(g.head.request_line.capacity() <= REQUEST_LINE_KEPT * 2);
+        assert_eq!(g.observe(b"\r\n"), None);
+        assert!(matches!(g.framing, Framing::Head) && g.head.len == 0, "the head completed");
+    }
 
     fn run(stream: &[u8], split: usize) -> Option<Smuggling> {
         let mut g = Guarded::new((), 8192);

@@ -121,6 +121,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     upstreams: Arc<Upstreams>,
     trusted_proxies: forwarded::TrustedProxies,
+    /// Memory all unfinished request heads may hold together.
+    head_budget: Arc<guard::HeadBudget>,
     usage: Option<Box<dyn UsageSink>>,
     ready: AtomicBool,
     request_seq: AtomicU64,
@@ -286,6 +288,9 @@ impl Gateway {
             Duration::from_millis(config.server.backend_timeout_ms),
             backend_root(&config.server.backend_ca_file)?,
         ));
+        let head_budget = guard::HeadBudget::new(
+            usize::try_from(config.server.max_head_memory_bytes).unwrap_or(usize::MAX),
+        );
         let trusted_proxies =
             forwarded::TrustedProxies::parse(&config.server.trusted_proxies).map_err(StartError)?;
         let metrics = Metrics::default();
@@ -301,6 +306,7 @@ impl Gateway {
             metrics,
             upstreams,
             trusted_proxies,
+            head_budget,
             usage,
             ready: AtomicBool::new(true),
             request_seq: AtomicU64::new(0),
@@ -398,6 +404,53 @@ impl Gateway {
         if let Err(e) = self.state.raise_clock_floor(now) {
             log::warn!("clock floor not persisted: {e}");
         }
+    }
+
+    /// Records a request refused before the pipeline saw it (by the framing guard, or by hyper's
+    /// parser): one usage record and one `gatelet_requests_total{api="none"}` count, so probes
+    /// leave a trace. `request_line` is what the client sent, possibly cut short.
+    fn record_refusal(
+        &self,
+        peer: SocketAddr,
+        request_line: &[u8],
+        status: u16,
+        code: Option<u32>,
+        detail: &str,
+    ) {
+        self.metrics.request("none", status);
+        let Some(usage) = &self.usage else { return };
+        let line = String::from_utf8_lossy(request_line);
+        let mut parts = line.split(' ');
+        let method: String = parts.next().unwrap_or("").chars().take(16).collect();
+        let target = parts.next().unwrap_or("");
+        let resource = router::normalize_path(target.split('?').next().unwrap_or(""))
+            .unwrap_or_else(|_| target.chars().take(256).collect());
+        let active = self.active();
+        usage.record(UsageEvent {
+            ts: Timestamp(usage_ms(active.clock.now())),
+            request_id: self.next_request_id(),
+            api: None,
+            api_version: None,
+            context: None,
+            resource,
+            method,
+            status,
+            app_id: None,
+            app_name: None,
+            subscriber: None,
+            keytype: None,
+            tier: None,
+            throttled: false,
+            over_quota: false,
+            error_code: code,
+            error_detail: Some(detail.to_owned()),
+            latency_ms: 0.0,
+            backend_latency_ms: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            client_ip: peer.ip().to_string(),
+            bundle_serial: active.bundle.serial(),
+        });
     }
 
     fn next_request_id(&self) -> String {
@@ -798,6 +851,24 @@ impl Gateway {
                 capacity as u64,
             ),
             (
+                "gatelet_head_memory_bytes".into(),
+                "gauge",
+                "Memory held by unfinished request heads (charged to the head budget).",
+                self.head_budget.used() as u64,
+            ),
+            (
+                "gatelet_head_memory_budget_bytes".into(),
+                "gauge",
+                "The budget for unfinished request heads (server.max_head_memory_bytes).",
+                self.head_budget.limit() as u64,
+            ),
+            (
+                "gatelet_heads_shed_total".into(),
+                "counter",
+                "Connections closed because unfinished heads exceeded their budget (oldest first).",
+                self.head_budget.shed_total(),
+            ),
+            (
                 "gatelet_backend_idle_connections".into(),
                 "gauge",
                 "Pooled idle backend connections.",
@@ -1070,7 +1141,14 @@ where
     S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &gw.config.server;
-    let io = FuturesIo::new(guard::Guarded::new(stream, cfg.max_header_bytes as usize));
+    let events =
+        Arc::new(ConnEvents { gw: Arc::clone(&gw), peer, last_line: std::sync::Mutex::new(Vec::new()) });
+    let mut guarded =
+        guard::Guarded::new(stream, cfg.max_header_bytes as usize).with_budget(Arc::clone(&gw.head_budget));
+    if role != Role::Admin {
+        guarded = guarded.with_events(Arc::clone(&events) as Arc<dyn guard::GuardEvents>);
+    }
+    let io = FuturesIo::new(guarded);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(SmolTimer::new())
@@ -1089,22 +1167,64 @@ where
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let conn = builder.serve_connection(io, service);
-    smol::pin!(conn);
-    let done = smol::future::or(async { Some(conn.as_mut().await) }, async {
-        shutdown.wait().await;
-        None
-    })
-    .await;
-    let result = match done {
-        Some(r) => r,
-        None => {
-            // Finish the request in flight (if any), then close.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // The connection owns the stream (and the guard in it); when this block ends both are gone,
+    // and what the guard saw last is in `events`.
+    let result = {
+        let conn = builder.serve_connection(io, service);
+        smol::pin!(conn);
+        let done = smol::future::or(async { Some(conn.as_mut().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        match done {
+            Some(r) => r,
+            None => {
+                // Finish the request in flight (if any), then close.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     };
     if let Err(e) = result {
         log::debug!("connection {peer}: {e}");
+        // hyper answered a head its parser refused (400, or 431 past max_header_bytes): one
+        // record each, like the guard's refusals.
+        if role != Role::Admin && e.is_parse() {
+            let line = events.last_line.lock().map(|l| l.clone()).unwrap_or_default();
+            let (status, detail) = if e.is_parse_too_large() {
+                (431, "request head larger than server.max_header_bytes")
+            } else {
+                (400, "malformed request head (HTTP parser)")
+            };
+            gw.record_refusal(peer, &line, status, None, detail);
+        }
+    }
+}
+
+/// What a connection's framing guard reports, turned into records and counts.
+struct ConnEvents {
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    last_line: std::sync::Mutex<Vec<u8>>,
+}
+
+impl guard::GuardEvents for ConnEvents {
+    fn refused(&self, why: guard::Smuggling, request_line: &[u8], answered: bool) {
+        let detail = if answered {
+            why.describe().to_owned()
+        } else {
+            format!(
+                "{}; a later request of a keep-alive connection: closed without an answer",
+                why.describe()
+            )
+        };
+        self.gw.record_refusal(self.peer, request_line, 400, answered.then_some(900906), &detail);
+    }
+
+    fn closed(&self, last_request_line: &[u8]) {
+        if let Ok(mut l) = self.last_line.lock() {
+            l.extend_from_slice(last_request_line);
+        }
     }
 }
