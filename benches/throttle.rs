@@ -90,7 +90,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| assert!(matches!(t.check(black_box(&r), black_box(NOW)), Decision::Throttle(_))))
     });
 
-    // A new client address meeting a full table: the worst case, a whole shard scanned.
+    // A new client address meeting a full table: the worst case, a whole shard scanned, then its
+    // overflow bucket.
     let config = ThrottleConfig { unauthenticated_entries: 4096, ..ThrottleConfig::default() };
     let t = Throttle::new(&manifest(u64::MAX), &config).expect("valid");
     let anon = |n: u32| Request {
@@ -99,7 +100,7 @@ fn bench(c: &mut Criterion) {
         caller: Caller::Anonymous { client_ip: IpAddr::V4(Ipv4Addr::from(n)) },
     };
     let mut n = 0u32;
-    while t.metrics(NOW).tables[2].full == 0 {
+    while t.metrics(NOW).tables[2].overflow == 0 {
         t.check(&anon(n), NOW);
         n += 1;
     }

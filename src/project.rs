@@ -542,8 +542,21 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
             let op_tier = tier_field(&doc, opo, &[&at[..], &["x-wso2-throttling-tier"]].concat(), policies)?;
             let op_disable =
                 bool_field(&doc, opo, "x-wso2-disable-security", &at)?.unwrap_or(disable_security);
-            let security = opo.get("security").or(api_security);
-            let scopes = scopes_of(&doc, security, schemes, &at)?;
+            let (security, security_at): (_, Vec<&str>) = match opo.get("security") {
+                Some(s) => (Some(s), [&at[..], &["security"]].concat()),
+                None => (api_security, vec!["security"]),
+            };
+            let scopes = scopes_of(
+                &doc,
+                &Requirements {
+                    operation: &format!("{} {path}", method.as_str()),
+                    security,
+                    at: &security_at,
+                    security_disabled: op_disable,
+                },
+                schemes,
+                warnings,
+            )?;
             operations.push(Operation {
                 method,
                 path: path_norm.clone(),
@@ -815,44 +828,132 @@ fn cors_field(doc: &Doc, root: &Map<String, Value>) -> Result<Option<Cors>, Proj
     }))
 }
 
-/// OpenAPI security requirements → scope alternatives. Any requirement that needs no scope makes
-/// the operation need none.
+/// What gatelet makes of a security scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SchemeKind {
+    /// Carried as a bearer JWT (OAuth2, OpenID Connect, HTTP bearer): the token validator checks
+    /// it, scopes included.
+    Jwt,
+    /// A credential gatelet does not read (an API key, HTTP basic, mutual TLS, anything else),
+    /// named for messages. A requirement that needs one can never be met, so it is dropped: were
+    /// it kept, a JWT would stand in for a credential nobody checked. WSO2 API keys (PRODUCT.md
+    /// section 4) will give `apiKey` a kind of its own, compiled into a requirement of its own;
+    /// until then it is here.
+    Unchecked(String),
+}
+
+fn scheme_kind(doc: &Doc, name: &str, def: &Value, at: &[&str]) -> Result<SchemeKind, ProjectError> {
+    let Some(kind) = def.get("type").and_then(Value::as_str) else {
+        return Err(doc.fail(at, format!("security scheme {name:?} has no type")));
+    };
+    Ok(match kind {
+        "oauth2" | "openIdConnect" => SchemeKind::Jwt,
+        // RFC 7235: auth scheme names are case-insensitive.
+        "http" => match def.get("scheme").and_then(Value::as_str) {
+            Some(s) if s.eq_ignore_ascii_case("bearer") => SchemeKind::Jwt,
+            Some(s) => SchemeKind::Unchecked(format!("http {}", s.to_ascii_lowercase())),
+            None => SchemeKind::Unchecked("http".into()),
+        },
+        other => SchemeKind::Unchecked(other.to_owned()),
+    })
+}
+
+/// An operation's `security`, and what [`scopes_of`] needs to say where it is.
+struct Requirements<'a> {
+    /// `METHOD /path`, for messages.
+    operation: &'a str,
+    /// The operation's own requirements, else the API's.
+    security: Option<&'a Value>,
+    /// Where `security` is in the document.
+    at: &'a [&'a str],
+    /// `x-wso2-disable-security`: the requirements are never checked.
+    security_disabled: bool,
+}
+
+/// OpenAPI security requirements → the scope alternatives a bearer JWT must meet (see
+/// [`model::Operation::scopes`]).
+///
+/// A requirement whose schemes are all JWT schemes becomes the union of their scopes; one that
+/// needs no scope makes any valid token enough, as does no `security` at all (WSO2's default:
+/// security on, no scope). A requirement that needs a scheme gatelet cannot check is dropped
+/// with a warning, and an operation left with none fails the build, unless its security is
+/// disabled.
 fn scopes_of(
     doc: &Doc,
-    security: Option<&Value>,
+    reqs: &Requirements,
     schemes: Option<&Map<String, Value>>,
-    at: &[&str],
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<Vec<String>>, ProjectError> {
-    let Some(security) = security else { return Ok(vec![]) };
-    let reqs = security.as_array().ok_or_else(|| doc.fail(at, "security is not a list"))?;
+    let Some(security) = reqs.security else { return Ok(vec![]) };
+    let at = reqs.at;
+    let list = security.as_array().ok_or_else(|| doc.fail(at, "security is not a list"))?;
     let mut alts = Vec::new();
-    for req in reqs {
+    let mut any_token = list.is_empty();
+    let mut dropped = Vec::new();
+    for req in list {
         let req = req.as_object().ok_or_else(|| doc.fail(at, "a security requirement is not a mapping"))?;
         let mut all = Vec::new();
+        let mut unchecked = Vec::new();
         for (scheme, scopes) in req {
             let def = schemes
                 .and_then(|s| s.get(scheme))
                 .ok_or_else(|| doc.fail(at, format!("security scheme {scheme:?} is not defined")))?;
             let list = string_list(doc, Some(scopes), at, &format!("scopes of {scheme}"))?;
-            if def.get("type").and_then(Value::as_str) == Some("oauth2") {
-                let declared = declared_scopes(def);
-                if let Some(s) = list.iter().find(|s| !declared.contains(s)) {
-                    return Err(
-                        doc.fail(at, format!("scope {s:?} is not declared in security scheme {scheme:?}"))
-                    );
+            match scheme_kind(doc, scheme, def, at)? {
+                SchemeKind::Jwt => {
+                    if def.get("type").and_then(Value::as_str) == Some("oauth2") {
+                        let declared = declared_scopes(def);
+                        if let Some(s) = list.iter().find(|s| !declared.contains(s)) {
+                            return Err(doc.fail(
+                                at,
+                                format!("scope {s:?} is not declared in security scheme {scheme:?}"),
+                            ));
+                        }
+                    }
+                    all.extend(list);
                 }
+                SchemeKind::Unchecked(what) => unchecked.push(format!("{scheme:?} ({what})")),
             }
-            all.extend(list);
+        }
+        if !unchecked.is_empty() {
+            dropped.push(unchecked.join(" with "));
+            continue;
         }
         all.sort();
         all.dedup();
         if all.is_empty() {
-            return Ok(vec![]);
+            any_token = true;
+        } else {
+            alts.push(all);
         }
-        alts.push(all);
     }
     alts.sort();
     alts.dedup();
+    if any_token {
+        alts.clear();
+    }
+    if reqs.security_disabled {
+        return Ok(alts);
+    }
+    let op = reqs.operation;
+    if !any_token && alts.is_empty() {
+        return Err(doc.fail(
+            at,
+            format!(
+                "{op}: no security requirement gatelet can check is left: {} cannot be met with a \
+                 JWT (use an oauth2, openIdConnect or http bearer scheme, or x-wso2-disable-security)",
+                dropped.join(", ")
+            ),
+        ));
+    }
+    let line = locate(&doc.text, at).map_or(String::new(), |l| format!(":{l}"));
+    for d in &dropped {
+        warnings.push(format!(
+            "{}{line}: {op}: security requirement {d} dropped: gatelet does not check this scheme, and \
+             a JWT must never stand in for it",
+            doc.file.display()
+        ));
+    }
     Ok(alts)
 }
 
@@ -887,6 +988,109 @@ mod tests {
         assert_eq!(parse_window("0s"), None);
         assert_eq!(parse_window("1w"), None);
         assert_eq!(parse_window("60"), None);
+    }
+
+    /// A project with one API, `POST /pets`, whose `security` is `security` (a YAML flow list),
+    /// offering every kind of scheme; `extra` goes into the operation.
+    fn pets(name: &str, security: &str, extra: &str) -> Result<Compiled, ProjectError> {
+        let dir = std::env::temp_dir().join(format!("gatelet-project-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("apis")).expect("temp dir");
+        std::fs::write(dir.join("gatelet.toml"), "label = \"t\"\n").expect("write");
+        std::fs::write(
+            dir.join("apis/pets.yaml"),
+            format!(
+                "openapi: 3.0.3
+info: {{title: Pets, version: 1.0.0}}
+x-wso2-basePath: /pets/{{version}}
+x-wso2-production-endpoints: {{urls: [\"http://127.0.0.1:8080\"]}}
+paths:
+  /pets:
+    post:
+      security: {security}
+{extra}      responses: {{'200': {{description: ok}}}}
+components:
+  securitySchemes:
+    api_key: {{type: apiKey, in: header, name: X-API-Key}}
+    basic: {{type: http, scheme: basic}}
+    bearer: {{type: http, scheme: Bearer, bearerFormat: JWT}}
+    oidc: {{type: openIdConnect, openIdConnectUrl: https://idp.example/.well-known/openid-configuration}}
+    oauth2:
+      type: oauth2
+      flows: {{clientCredentials: {{tokenUrl: https://idp.example/token, scopes: {{write:pets: w, read:pets: r}}}}}}
+    mtls: {{type: mutualTLS}}
+    untyped: {{description: no type}}
+"
+            ),
+        )
+        .expect("write");
+        let out = compile(&dir, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    fn scopes(c: &Compiled) -> &[Vec<String>] {
+        &c.manifest.apis[0].operations[0].scopes
+    }
+
+    #[test]
+    fn a_jwt_never_satisfies_a_scheme_gatelet_cannot_check() {
+        // The review's case: an API key "needs no scope", which used to make any JWT enough.
+        for (scheme, kind) in [("api_key", "apiKey"), ("basic", "http basic"), ("mtls", "mutualTLS")] {
+            let c = pets(scheme, &format!("[{{{scheme}: []}}, {{oauth2: [write:pets]}}]"), "")
+                .expect("the oauth2 alternative remains");
+            assert_eq!(scopes(&c), [vec!["write:pets".to_owned()]], "{scheme}");
+            assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+            let w = &c.warnings[0];
+            assert!(
+                w.contains("pets.yaml:") && w.contains("POST /pets") && w.contains(&format!("{scheme:?}")),
+                "{w}"
+            );
+            assert!(w.contains(kind) && w.contains("dropped"), "{w}");
+        }
+        // A requirement that needs an API key *and* a JWT is dropped whole: gatelet would check
+        // only half of it.
+        let c = pets("and", "[{oauth2: [read:pets], api_key: []}, {oidc: [write:pets]}]", "")
+            .expect("the oidc alternative remains");
+        assert_eq!(scopes(&c), [vec!["write:pets".to_owned()]]);
+        assert!(c.warnings[0].contains("\"api_key\""), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn an_operation_left_with_no_checkable_alternative_fails_the_build() {
+        for security in
+            ["[{api_key: []}]", "[{basic: []}, {api_key: []}]", "[{oauth2: [write:pets], api_key: []}]"]
+        {
+            let e = pets("none", security, "").map(|_| ()).expect_err(security);
+            let text = e.to_string();
+            assert!(e.file.ends_with("apis/pets.yaml"), "{text}");
+            assert!(text.contains("POST /pets") && text.contains("no security requirement"), "{text}");
+        }
+        // ...unless security is off for the operation: its requirements are never checked.
+        let c =
+            pets("off", "[{api_key: []}]", "      x-wso2-disable-security: true\n").expect("security off");
+        assert!(c.manifest.apis[0].operations[0].disable_security);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn jwt_schemes_keep_their_meaning() {
+        // A bearer JWT requirement without scopes really is "any valid token".
+        let c = pets("bearer", "[{bearer: []}, {oauth2: [write:pets]}]", "").expect("valid");
+        assert!(scopes(&c).is_empty() && c.warnings.is_empty(), "{:?} {:?}", scopes(&c), c.warnings);
+        let c = pets("empty", "[{}]", "").expect("valid");
+        assert!(scopes(&c).is_empty());
+        // Two JWT schemes in one requirement: one token, the union of their scopes.
+        let c = pets("union", "[{oauth2: [write:pets], oidc: [read:pets]}]", "").expect("valid");
+        assert_eq!(scopes(&c), [vec!["read:pets".to_owned(), "write:pets".to_owned()]]);
+        // Every alternative that remains is a non-empty list: the bundle's check refuses anything else.
+        let c =
+            pets("alts", "[{oauth2: [write:pets]}, {oidc: [read:pets]}, {basic: []}]", "").expect("valid");
+        assert_eq!(scopes(&c).len(), 2);
+        // A scheme with no type is the document's mistake, not something to guess at.
+        let e =
+            pets("untyped", "[{untyped: []}, {oauth2: [write:pets]}]", "").map(|_| ()).expect_err("no type");
+        assert!(e.to_string().contains("security scheme \"untyped\" has no type"), "{e}");
     }
 
     #[test]

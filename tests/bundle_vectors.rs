@@ -74,6 +74,15 @@ fn invalid_variants(valid: &[u8], manifest: &bundle::Manifest) -> Vec<(&'static 
     bad.apis[0].tier = Some("NoSuchTier".into());
     let payload = postcard::to_stdvec(&bad).expect("encodes");
     v.push(("signed-unknown-tier.glb", "invalid", format::danger_seal_unchecked_payload(&payload, &k1)));
+    // "No scope" said as an empty alternative: a JWT would meet it without any scope.
+    let mut bad = manifest.clone();
+    bad.apis[0].operations[0].scopes.insert(0, vec![]);
+    let payload = postcard::to_stdvec(&bad).expect("encodes");
+    v.push((
+        "signed-empty-scope-alternative.glb",
+        "invalid",
+        format::danger_seal_unchecked_payload(&payload, &k1),
+    ));
     let mut extra = postcard::to_stdvec(manifest).expect("encodes");
     extra.push(0);
     v.push((

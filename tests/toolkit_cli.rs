@@ -356,3 +356,64 @@ fn the_build_time_is_never_later_than_the_builders_clock() {
         serde_json::from_str(&ok(&gatelet(&["bundle", "inspect", s(&bundle)]))).expect("json");
     assert_eq!(inspect["created_at"], 1_767_225_600);
 }
+
+/// An API whose `POST /pets` offers an API key or an OAuth2 token with `write:pets`, and whose
+/// `DELETE /pets` takes only HTTP basic or an API key.
+const PETS: &str = "openapi: 3.0.3
+info: {title: Pets, version: 1.0.0}
+x-wso2-basePath: /pets/{version}
+x-wso2-production-endpoints: {urls: [\"http://127.0.0.1:8080\"]}
+paths:
+  /pets:
+    post:
+      security: [{api_key: []}, {oauth2: [write:pets]}]
+      responses: {'200': {description: ok}}
+    delete:
+      security: [{basic: []}, {api_key: []}]
+      responses: {'200': {description: ok}}
+components:
+  securitySchemes:
+    api_key: {type: apiKey, in: header, name: X-API-Key}
+    basic: {type: http, scheme: basic}
+    oauth2:
+      type: oauth2
+      flows: {clientCredentials: {tokenUrl: https://idp.example/token, scopes: {write:pets: w}}}
+";
+
+#[test]
+fn schemes_gatelet_cannot_check_are_dropped_with_a_warning_or_fail_the_build() {
+    let d = tempdir("pets");
+    let project = d.join("project");
+    copy_dir(&example(), &project);
+    // Without DELETE: the API key alternative of POST is dropped, with a warning, and the build goes on.
+    let without_delete = PETS.replace(
+        "    delete:\n      security: [{basic: []}, {api_key: []}]\n      responses: {'200': {description: ok}}\n",
+        "",
+    );
+    assert_ne!(without_delete, PETS);
+    fs::write(project.join("apis/pets.yaml"), &without_delete).expect("write");
+    ok(&gatelet(&["keygen", "--out", s(&d.join("k"))]));
+    let bundle = d.join("b.glb");
+    let build =
+        || gatelet(&["bundle", "build", s(&project), "--key", s(&d.join("k.key")), "--out", s(&bundle)]);
+    let out = build();
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr.lines().find(|l| l.contains("api_key")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(warning.starts_with("warning: ") && warning.contains("pets.yaml:8:"), "{warning}");
+    assert!(warning.contains("POST /pets") && warning.contains("\"api_key\" (apiKey)"), "{warning}");
+    // What the bundle holds: the JWT alternative only.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&gatelet(&["bundle", "inspect", s(&bundle)]))).expect("inspect prints JSON");
+    let api = v["apis"].as_array().expect("apis").iter().find(|a| a["name"] == "Pets").expect("Pets");
+    assert_eq!(api["operations"][0]["scopes"], serde_json::json!([["write:pets"]]));
+
+    // With DELETE: nothing a JWT may satisfy is left for it, and the build fails, naming why.
+    fs::write(project.join("apis/pets.yaml"), PETS).expect("write");
+    fs::remove_file(&bundle).expect("rm");
+    let err = fails(&build());
+    assert!(err.contains("pets.yaml:11:") && err.contains("DELETE /pets"), "{err}");
+    assert!(err.contains("\"basic\" (http basic)") && err.contains("\"api_key\" (apiKey)"), "{err}");
+    assert!(!bundle.exists(), "a failed build left a bundle");
+    fs::remove_dir_all(&d).expect("cleanup");
+}

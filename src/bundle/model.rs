@@ -172,8 +172,13 @@ pub struct Operation {
     /// Resource-level tier (an [`PolicyLevel::Api`] policy or [`UNLIMITED`]).
     pub tier: Option<String>,
     pub disable_security: bool,
-    /// Alternatives: a token passes when it holds every scope of at least one inner list.
-    /// Empty: no scope needed.
+    /// What a bearer JWT must hold: it passes when it holds every scope of at least one inner
+    /// list. Empty: any valid token, no scope needed.
+    ///
+    /// Every alternative here is a JWT's. An inner list is never empty ([`Manifest::check`]
+    /// refuses it): "no scope" is only ever said by the empty outer list, so a requirement for
+    /// a credential gatelet does not check (an API key, HTTP basic), which "needs no scope",
+    /// cannot be encoded as one a JWT meets. The builder drops such requirements.
     pub scopes: Vec<Vec<String>>,
     /// Operation-level endpoints override the API's.
     pub production: Option<Endpoints>,
@@ -531,6 +536,11 @@ impl Manifest {
                     invalid!("{oat}: unknown resource tier {:?}", op.tier.as_deref().unwrap_or(""));
                 }
                 for alt in &op.scopes {
+                    if alt.is_empty() {
+                        invalid!(
+                            "{oat}: empty scope alternative (any token would meet it; say \"no scope\" with no alternatives)"
+                        );
+                    }
                     for s in alt {
                         check_nonempty(&format!("{oat}: scope"), s)?;
                         if s.contains(' ') {

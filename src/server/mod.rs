@@ -900,6 +900,12 @@ impl Gateway {
                 "New keys refused because their throttling table was full.",
                 table.full,
             ));
+            extra.push((
+                format!("gatelet_throttle_table_overflow_total{{table=\"{}\"}}", table.level.as_str()),
+                "counter",
+                "New keys admitted under a shared overflow bucket because their throttling table was full.",
+                table.overflow,
+            ));
         }
         if let Some(u) = &self.usage {
             extra.extend(u.metrics());

@@ -14,7 +14,7 @@
 //! | resource | `context/version/resource:method` | the operation's `x-wso2-throttling-tier` | 900802 |
 //! | subscription | `appId:context:version` | the token's `subscriptionTier` for this API | 900804 |
 //! | application | `appId:username` (the token's `sub`) | the token's `application.tier` | 900803 |
-//! | unauthenticated | `clientIp:context:version` | the `Unauthenticated` subscription policy | 900804 |
+//! | unauthenticated | `clientIp:context:version` (IPv6: the /64) | the `Unauthenticated` subscription policy | 900804 |
 //!
 //! - API and resource tiers name [`PolicyLevel::Api`] policies (WSO2's "resource policies" serve
 //!   both). As in WSO2, an API-level tier **overrides** the resource-level ones: when an API has a
@@ -50,8 +50,10 @@
 //! would smooth it but would no longer reset where WSO2 users expect.
 //!
 //! Decision and count happen together, before the request passes. All counters the request
-//! touches are locked, in one fixed order (the subscription or unauthenticated table's shard, the
-//! application table's shard, then the route counter — the hot one, last, so it is held shortest),
+//! touches are locked, in one fixed order (the subscription or unauthenticated table's shard —
+//! for a new anonymous key that finds its shard full, the shard is released and its overflow
+//! bucket locked instead —, the application table's shard, then the route counter — the hot one,
+//! last, so it is held shortest),
 //! every level is checked, and only if all allow is each counted. So a limit of N admits exactly N
 //! per window, never N+1, under any concurrency; and a request refused at one level consumes
 //! nothing at the others. A request refused does not count either: a client hammering a closed
@@ -74,13 +76,31 @@
 //! one chance in 10^7 of hitting one given key; and since the hash key is secret and differs per
 //! process, nobody can aim a collision.
 //!
-//! When a key is new and its shard has no free slot, a slot whose window has ended is reused —
-//! dropping a count that no longer matters. When every slot is live, the **new key is refused**
-//! at that level with 429 ([`Cause::TableFull`], `Retry-After` = when the first slot frees) —
-//! or passes, marked over quota, if its tier does not stop. Established keys are never evicted,
-//! so no live count is ever reset and no abusive key starts over; the cost is that newcomers
-//! wait while a table is saturated. [`Throttle::metrics`] reports the refusals; size a table for
-//! about 1.25× the distinct keys expected per window (shards fill unevenly near capacity).
+//! When a key is new and its shard has no free slot, a slot whose key is done with is reused —
+//! dropping a count that no longer matters. In the subscription and application tables that is
+//! as soon as the key's window has ended; when every slot is live, the **new key is refused** at
+//! that level with 429 ([`Cause::TableFull`], `Retry-After` = when the first slot frees), or
+//! passes, marked over quota, if its tier does not stop. Established keys are never evicted, so
+//! no live count is ever reset and no abusive key starts over.
+//!
+//! The unauthenticated table is the one a flood can fill cheaply: its keys cost an attacker only
+//! addresses. So, there:
+//!
+//! - an IPv6 caller is keyed by its /64 ([`V6_KEY_BYTES`]), an IPv4 one by its address, an
+//!   IPv4-mapped one as IPv4;
+//! - a slot stays its key's for one window after its own: a caller seen in the current or the
+//!   previous window keeps its slot and its exact quota, whatever the flood, and a flood takes
+//!   only slots that are empty or whose key was silent for a whole window;
+//! - a new key that finds its shard full is counted in one of [`OVERFLOW_BUCKETS`] shared
+//!   buckets, each with the `Unauthenticated` quota, picked by the caller's network (/24 or
+//!   /48) and API. It is throttled there ([`Cause::TableFull`] once the bucket is spent), never
+//!   locked out by the table alone, and never gets more than the quota a caller with its own
+//!   slot would. The README's "Throttling" section computes what locking every newcomer out
+//!   costs.
+//!
+//! [`Throttle::metrics`] reports the overflow admissions and the refusals. Size the token tables
+//! for about 1.25× the distinct keys expected per window and the unauthenticated table for
+//! 1.25× the distinct callers over two windows (shards fill unevenly near capacity).
 //!
 //! # Headers
 //!
@@ -122,6 +142,23 @@ pub const MIN_TABLE_ENTRIES: usize = SHARD_SLOTS;
 pub const MAX_TABLE_ENTRIES: usize = 1 << 17;
 /// Default entries per caller table (about 100 KiB each).
 pub const DEFAULT_TABLE_ENTRIES: usize = 4096;
+
+/// Overflow buckets of the unauthenticated table: shared counters, each with the `Unauthenticated`
+/// quota, for new callers that find the table full. A caller's bucket is picked by its network
+/// ([`V4_NETWORK_BYTES`], [`V6_NETWORK_BYTES`]) and API under the secret hash, so newcomers share a
+/// bucket with about 1/64 of the other newcomers, and locking every newcomer out means spending
+/// 64 quotas a window from networks that cover all 64 buckets (README, "Throttling"). 1.5 KiB.
+pub const OVERFLOW_BUCKETS: usize = 64;
+
+/// Leading bytes of an IPv6 address that key an anonymous caller: its /64. A /64 is the smallest
+/// network a site is given (RFC 6177) and SLAAC lets any host in it pick any of its 2^64
+/// addresses, so keying by address would let one host be as many callers as it likes.
+pub const V6_KEY_BYTES: usize = 8;
+/// Leading bytes of an IPv4 address whose newcomers share an overflow bucket: its /24.
+pub const V4_NETWORK_BYTES: usize = 3;
+/// Leading bytes of an IPv6 address whose newcomers share an overflow bucket: its /48, the
+/// usual allocation to a site, so one site cannot spread over many buckets.
+pub const V6_NETWORK_BYTES: usize = 6;
 
 /// The name of the subscription policy for unauthenticated routes.
 pub const UNAUTHENTICATED_TIER: &str = "Unauthenticated";
@@ -201,7 +238,8 @@ pub enum Caller<'a> {
         /// The `subscriptionTier` of this API's `subscribedAPIs` entry; `None` when absent.
         subscription_tier: Option<&'a str>,
     },
-    /// A route with security disabled: keyed by client address, `Unauthenticated` tier.
+    /// A route with security disabled: keyed by client address (an IPv6 one by its /64; an
+    /// IPv4-mapped one as IPv4), `Unauthenticated` tier.
     Anonymous { client_ip: IpAddr },
 }
 
@@ -383,8 +421,12 @@ pub struct TableMetrics {
     pub live: usize,
     /// Entries holding a key, including ended windows not reused yet.
     pub occupied: usize,
-    /// Requests that met a full table since start.
+    /// Requests of new keys that met a full table, and no room in their overflow bucket where
+    /// the table has them, since start: refused (or passed over quota on a non-stopping tier).
     pub full: u64,
+    /// Requests of new keys that met a full table and were admitted under an overflow bucket,
+    /// since start (unauthenticated table only; 0 for the others).
+    pub overflow: u64,
     pub bytes: usize,
 }
 
@@ -455,11 +497,39 @@ const TAG_API: u8 = 1;
 const TAG_SUBSCRIPTION: u8 = 2;
 const TAG_APPLICATION: u8 = 3;
 const TAG_ANONYMOUS: u8 = 4;
+const TAG_OVERFLOW: u8 = 5;
+
+/// An anonymous caller's key bytes and the network bytes that pick its overflow bucket, with
+/// the address family (see [`V6_KEY_BYTES`] and [`V4_NETWORK_BYTES`]).
+fn anonymous_identity(ip: IpAddr) -> (u8, [u8; 16], usize, usize) {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (4, b, 4, V4_NETWORK_BYTES)
+        }
+        IpAddr::V6(a) => (6, a.octets(), V6_KEY_BYTES, V6_NETWORK_BYTES),
+    }
+}
+
+/// What a caller level counts in: its level, policy, table, key hash, and the hash that picks
+/// its overflow bucket when the table has them.
+type TableKey<'t> = (Level, Policy, &'t Table, u64, Option<u64>);
 
 /// A counter locked for the duration of one decision.
 enum Place<'t> {
     Route(MutexGuard<'t, Counter>),
-    Table { shard: MutexGuard<'t, Shard>, probe: Probe, key: u64, table: &'t Table },
+    Table {
+        shard: MutexGuard<'t, Shard>,
+        probe: Probe,
+        key: u64,
+        table: &'t Table,
+    },
+    /// A new key that found its shard full, counted in a shared overflow bucket.
+    Overflow {
+        bucket: MutexGuard<'t, Counter>,
+        table: &'t Table,
+    },
 }
 
 struct Hold<'t> {
@@ -473,22 +543,36 @@ struct Hold<'t> {
 struct View {
     count: u64,
     end_ms: u64,
+    /// A new key, its table full, and no overflow bucket to count it in.
     full: bool,
+    /// A new key, its table full, counted in an overflow bucket.
+    overflow: bool,
 }
 
 impl<'t> Hold<'t> {
-    /// Locks `key`'s shard in `table` and finds its slot.
-    fn table((level, policy, table, key): (Level, Policy, &'t Table, u64), now_ms: u64) -> Hold<'t> {
+    /// Locks `key`'s shard in `table` and finds its slot; for a new key that finds the shard
+    /// full, releases the shard and locks the overflow bucket `spill` picks, if the table has
+    /// them.
+    fn table((level, policy, table, key, spill): TableKey<'t>, now_ms: u64) -> Hold<'t> {
         let key = as_key(key);
         let shard = table.lock(key);
-        let probe = shard.probe(key, now_ms);
+        let probe = shard.probe(key, now_ms, table.hold_ms());
+        let bucket = match probe {
+            Probe::Full { .. } => spill.and_then(|s| table.overflow(s)),
+            Probe::Found(_) | Probe::Vacant(_) => None,
+        };
+        if let Some(bucket) = bucket {
+            drop(shard);
+            let bucket = bucket.lock().unwrap_or_else(PoisonError::into_inner);
+            return Hold { level, policy, place: Place::Overflow { bucket, table } };
+        }
         Hold { level, policy, place: Place::Table { shard, probe, key, table } }
     }
 
     fn view(&self, now_ms: u64) -> View {
         let w = self.policy.window_ms;
         let (count, end_ms, full) = match &self.place {
-            Place::Route(c) => {
+            Place::Route(c) | Place::Overflow { bucket: c, .. } => {
                 let (count, end) = c.current(now_ms, w);
                 (count, end, false)
             }
@@ -501,7 +585,7 @@ impl<'t> Hold<'t> {
                 Probe::Full { next_free_ms } => (0, next_free_ms, true),
             },
         };
-        View { count, end_ms, full }
+        View { count, end_ms, full, overflow: matches!(self.place, Place::Overflow { .. }) }
     }
 
     fn over(&self, v: View) -> bool {
@@ -514,6 +598,12 @@ impl<'t> Hold<'t> {
         let next = Counter { end_ms: v.end_ms, count: v.count.saturating_add(1) };
         match &mut self.place {
             Place::Route(c) => **c = next,
+            Place::Overflow { bucket, table } => {
+                **bucket = next;
+                if v.count < self.policy.quota {
+                    table.note_overflow();
+                }
+            }
             Place::Table { shard, probe, key, .. } => match *probe {
                 Probe::Found(i) | Probe::Vacant(i) => shard.set(i, *key, next),
                 Probe::Full { .. } => {}
@@ -525,14 +615,14 @@ impl<'t> Hold<'t> {
     /// moved onto the current window, count kept, so the caller waits at most one window.
     fn rebase(&mut self, v: View) {
         let stored = match &self.place {
-            Place::Route(c) => **c,
+            Place::Route(c) | Place::Overflow { bucket: c, .. } => **c,
             Place::Table { shard, probe: Probe::Found(i), .. } => shard.counter(*i),
             Place::Table { .. } => return,
         };
         if stored.end_ms > v.end_ms {
             let next = Counter { end_ms: v.end_ms, count: stored.count };
             match &mut self.place {
-                Place::Route(c) => **c = next,
+                Place::Route(c) | Place::Overflow { bucket: c, .. } => **c = next,
                 Place::Table { shard, probe: Probe::Found(i), key, .. } => shard.set(*i, *key, next),
                 Place::Table { .. } => {}
             }
@@ -630,9 +720,18 @@ impl Throttle {
             subscription_tiers,
             application_tiers,
             unauthenticated,
-            subscriptions: Table::new(config.subscription_entries),
-            applications: Table::new(config.application_entries),
-            anonymous: Table::new(config.unauthenticated_entries),
+            // Token tables: a slot is offered again as soon as its window ends (their keys need an
+            // issuer's signature, and tiers of different windows share them).
+            subscriptions: Table::new(config.subscription_entries, 0, 0),
+            applications: Table::new(config.application_entries, 0, 0),
+            // Anonymous keys cost an attacker only addresses: a slot stays its key's for one
+            // window after its own, so an established caller keeps it across a window boundary
+            // whatever the flood, and newcomers that find it full share the overflow buckets.
+            anonymous: Table::new(
+                config.unauthenticated_entries,
+                unauthenticated.map_or(0, |p| p.window_ms),
+                OVERFLOW_BUCKETS,
+            ),
         })
     }
 
@@ -678,11 +777,11 @@ impl Throttle {
                     sub.map(|p| {
                         let key =
                             self.hasher.hash_one((TAG_SUBSCRIPTION, issuer, holder_is_app, holder, api_key));
-                        (Level::Subscription, p, &self.subscriptions, key)
+                        (Level::Subscription, p, &self.subscriptions, key, None)
                     }),
                     app.map(|p| {
                         let key = self.hasher.hash_one((TAG_APPLICATION, issuer, app_id, subject));
-                        (Level::Application, p, &self.applications, key)
+                        (Level::Application, p, &self.applications, key, None)
                     }),
                 )
             }
@@ -690,11 +789,8 @@ impl Throttle {
                 let Some(p) = self.unauthenticated else {
                     return Decision::Fail(Unchecked::UnknownTier(Level::Unauthenticated));
                 };
-                let key = match client_ip.to_canonical() {
-                    IpAddr::V4(a) => self.hasher.hash_one((TAG_ANONYMOUS, a.octets().as_slice(), api_key)),
-                    IpAddr::V6(a) => self.hasher.hash_one((TAG_ANONYMOUS, a.octets().as_slice(), api_key)),
-                };
-                (Some((Level::Unauthenticated, p, &self.anonymous, key)), None)
+                let (key, spill) = self.anonymous_hashes(client_ip, api_key);
+                (Some((Level::Unauthenticated, p, &self.anonymous, key, Some(spill))), None)
             }
         };
 
@@ -708,10 +804,10 @@ impl Throttle {
         let mut holds: heapless::Vec<(Hold<'_>, View), MAX_LEVELS> = heapless::Vec::new();
         for hold in [route, caller, application].into_iter().flatten() {
             let view = hold.view(now_ms);
-            if view.full {
-                if let Place::Table { table, .. } = &hold.place {
-                    table.note_full();
-                }
+            match &hold.place {
+                Place::Table { table, .. } if view.full => table.note_full(),
+                Place::Overflow { table, .. } if hold.over(view) => table.note_full(),
+                _ => {}
             }
             // At most MAX_LEVELS holds exist; a push cannot fail.
             let _ = holds.push((hold, view));
@@ -721,7 +817,7 @@ impl Throttle {
         let mut binding: Option<(Level, u64, bool)> = None;
         for (hold, view) in &holds {
             if hold.policy.stop && hold.over(*view) && binding.is_none_or(|(_, end, _)| view.end_ms > end) {
-                binding = Some((hold.level, view.end_ms, view.full));
+                binding = Some((hold.level, view.end_ms, view.full || view.overflow));
             }
         }
         let mut limits = Limits::new();
@@ -746,6 +842,16 @@ impl Throttle {
         Decision::Allow(Allowed { over_quota, limits })
     }
 
+    /// An anonymous caller's key in the unauthenticated table, and the hash that picks its
+    /// overflow bucket, on the API whose key is `api_key`.
+    fn anonymous_hashes(&self, client_ip: IpAddr, api_key: u64) -> (u64, u64) {
+        let (family, bytes, key_len, network_len) = anonymous_identity(client_ip);
+        (
+            self.hasher.hash_one((TAG_ANONYMOUS, family, &bytes[..key_len], api_key)),
+            self.hasher.hash_one((TAG_OVERFLOW, family, &bytes[..network_len], api_key)),
+        )
+    }
+
     /// Memory and occupancy at `now_ms`. Locks each table shard briefly: call it per scrape.
     pub fn metrics(&self, now_ms: u64) -> Metrics {
         let table = |level, t: &Table| TableMetrics {
@@ -754,6 +860,7 @@ impl Throttle {
             live: t.live(now_ms),
             occupied: t.occupied(),
             full: t.full_count(),
+            overflow: t.overflow_count(),
             bytes: t.bytes(),
         };
         let tables = [
@@ -1155,37 +1262,121 @@ mod tests {
         assert_eq!(allowed(&t, &r, T0 + 179_999, 10), 0);
     }
 
+    fn v6(s: &str) -> Caller<'static> {
+        Caller::Anonymous { client_ip: IpAddr::V6(s.parse().expect("IPv6 literal")) }
+    }
+
     #[test]
-    fn full_table_refuses_newcomers_and_keeps_established_keys() {
+    fn ipv6_callers_in_one_64_share_a_bucket() {
+        let t = throttle();
+        // Unauthenticated: 2 per 60 s. Four addresses of 2001:db8:1:2::/64 are one caller.
+        let same: Vec<Request<'_>> = [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2::2",
+            "2001:db8:1:2:ffff:ffff:ffff:ffff",
+            "2001:db8:1:2:abcd::9",
+        ]
+        .into_iter()
+        .map(|a| req(0, 1, v6(a)))
+        .collect();
+        assert_eq!(same.iter().map(|r| allowed(&t, r, T0, 3)).sum::<usize>(), 2);
+        // The next /64 over is another caller, with its own quota.
+        assert_eq!(allowed(&t, &req(0, 1, v6("2001:db8:1:3::1")), T0, 3), 2);
+        assert_eq!(allowed(&t, &req(0, 1, v6("2001:db8:1:1:ffff:ffff:ffff:ffff")), T0, 3), 2);
+        // IPv4-mapped addresses are their IPv4 address, not a /64 of ::ffff:0:0/96.
+        assert_eq!(allowed(&t, &req(0, 1, v6("::ffff:192.0.2.7")), T0, 3), 2);
+        assert_eq!(allowed(&t, &req(0, 1, v6("::ffff:192.0.2.8")), T0, 3), 2);
+        assert_eq!(allowed(&t, &req(0, 1, anon([192, 0, 2, 8])), T0, 3), 0);
+    }
+
+    /// A throttle whose unauthenticated table is one shard (64 entries), Unauthenticated 2 per
+    /// 60 s.
+    fn small_table() -> Throttle {
         let config =
             ThrottleConfig { unauthenticated_entries: MIN_TABLE_ENTRIES, ..ThrottleConfig::default() };
-        let t = Throttle::new(&manifest(), &config).expect("valid");
-        let on = |n: u32| req(0, 1, Caller::Anonymous { client_ip: IpAddr::V4(Ipv4Addr::from(n)) });
-        // Unauthenticated: 2 per 60 s. Fill the single shard with 64 established addresses.
-        for n in 0..slots() {
-            assert_eq!(allowed(&t, &on(n), T0 + 5_000, 1), 1);
+        Throttle::new(&manifest(), &config).expect("valid")
+    }
+
+    /// An anonymous request from IPv4 address `n` to `shop`'s `POST /items` (no route tier).
+    fn from(n: u32) -> Request<'static> {
+        req(0, 1, Caller::Anonymous { client_ip: IpAddr::V4(Ipv4Addr::from(n)) })
+    }
+
+    #[test]
+    fn established_callers_keep_their_slots_through_a_flood_at_the_window_boundary() {
+        let t = small_table();
+        // 40 callers, each seen once in the first window (10.0.0.0/24).
+        let established = |i: u32| from(0x0a00_0000 + i);
+        for i in 0..40 {
+            assert_eq!(allowed(&t, &established(i), T0 + 30_000, 1), 1);
         }
-        for n in 1_000..1_100 {
-            let th = throttled(t.check(&on(n), T0 + 20_000));
+        // The next window opens with a flood of 10,000 new addresses, before any established
+        // caller is back. Their windows have ended, but they were seen in the previous one.
+        for n in 0..10_000 {
+            t.check(&from(0x6440_0000 + n), T0 + 60_000);
+        }
+        // Each established caller gets its whole quota, counted in its own slot, and no more.
+        for i in 0..40 {
+            assert_eq!(allowed(&t, &established(i), T0 + 61_000, 5), 2, "established caller {i}");
+            assert_eq!(throttled(t.check(&established(i), T0 + 61_000)).cause, Cause::QuotaExceeded);
+        }
+    }
+
+    #[test]
+    fn a_full_table_throttles_newcomers_under_an_overflow_bucket_instead_of_locking_them_out() {
+        let t = small_table();
+        // 64 established callers fill the one shard.
+        for i in 0..slots() {
+            assert_eq!(allowed(&t, &from(0x0a00_0000 + i), T0 + 5_000, 1), 1);
+        }
+        // Newcomers from 192.0.2.0/24 share one overflow bucket with the Unauthenticated quota.
+        let newcomer = |host: u8| req(0, 1, anon([192, 0, 2, host]));
+        assert_eq!(allowed(&t, &newcomer(1), T0 + 20_000, 1), 1, "a newcomer is served");
+        assert_eq!(allowed(&t, &newcomer(2), T0 + 20_000, 5), 1);
+        for host in 1..=3 {
+            let th = throttled(t.check(&newcomer(host), T0 + 20_000));
             assert_eq!(
                 (th.level, th.cause, th.retry_after_s),
                 (Level::Unauthenticated, Cause::TableFull, 40)
             );
         }
-        // Established keys keep exactly their quota: one more each, then refused for quota.
-        for n in 0..slots() {
-            assert_eq!(allowed(&t, &on(n), T0 + 30_000, 3), 1);
-            assert_eq!(throttled(t.check(&on(n), T0 + 30_000)).cause, Cause::QuotaExceeded);
+        // The established callers are untouched: one more each, then their quota.
+        for i in 0..slots() {
+            assert_eq!(allowed(&t, &from(0x0a00_0000 + i), T0 + 30_000, 3), 1);
         }
-        let m = t.metrics(T0 + 30_000);
-        assert_eq!((m.tables[2].live, m.tables[2].full), (SHARD_SLOTS, 100));
-        // Windows end: expired slots are reused by newcomers.
-        assert_eq!(allowed(&t, &on(5_000), T0 + 60_000, 3), 2);
-        assert_eq!(t.metrics(T0 + 60_000).tables[2].live, 1);
+        // The next window: the bucket is fresh.
+        assert_eq!(allowed(&t, &newcomer(3), T0 + 60_000, 5), 2);
     }
 
     #[test]
-    fn full_table_on_a_non_stopping_tier_passes_marked() {
+    fn a_slot_is_offered_to_newcomers_only_after_its_key_was_silent_for_a_whole_window() {
+        let t = small_table();
+        // Unauthenticated: 2 per 60 s. Fill the single shard with 64 established addresses.
+        for n in 0..slots() {
+            assert_eq!(allowed(&t, &from(n), T0 + 5_000, 1), 1);
+        }
+        // Established keys keep exactly their quota: one more each, then refused for quota.
+        for n in 0..slots() {
+            assert_eq!(allowed(&t, &from(n), T0 + 30_000, 3), 1);
+            assert_eq!(throttled(t.check(&from(n), T0 + 30_000)).cause, Cause::QuotaExceeded);
+        }
+        let m = t.metrics(T0 + 30_000).tables[2];
+        assert_eq!((m.live, m.occupied, m.full, m.overflow), (SHARD_SLOTS, SHARD_SLOTS, 0, 0));
+        // The next window: their windows have ended, but they were seen in the previous one, so a
+        // newcomer still finds the table full and is counted in its overflow bucket.
+        let newcomer = from(0xc000_0207); // 192.0.2.7
+        assert_eq!(allowed(&t, &newcomer, T0 + 60_000, 1), 1);
+        let m = t.metrics(T0 + 60_000).tables[2];
+        assert_eq!((m.live, m.overflow), (0, 1));
+        // A window later, silent keys give their slots up: the newcomer gets one of its own,
+        // with a fresh quota of its own.
+        assert_eq!(allowed(&t, &newcomer, T0 + 120_000, 3), 2);
+        let m = t.metrics(T0 + 120_000).tables[2];
+        assert_eq!((m.live, m.overflow), (1, 1));
+    }
+
+    #[test]
+    fn full_table_on_a_non_stopping_tier_passes_under_the_overflow_then_marked() {
         let mut m = manifest();
         for p in &mut m.policies {
             if p.name == UNAUTHENTICATED_TIER {
@@ -1195,16 +1386,108 @@ mod tests {
         let config =
             ThrottleConfig { unauthenticated_entries: MIN_TABLE_ENTRIES, ..ThrottleConfig::default() };
         let t = Throttle::new(&m, &config).expect("valid");
-        let on = |n: u32| req(0, 1, Caller::Anonymous { client_ip: IpAddr::V4(Ipv4Addr::from(n)) });
         for n in 0..slots() {
             assert_eq!(
-                t.check(&on(n), T0),
+                t.check(&from(n), T0),
                 Decision::Allow(Allowed { over_quota: false, limits: t_limits(2 - 1) })
             );
         }
-        let Decision::Allow(a) = t.check(&on(99), T0) else { panic!("non-stopping tiers pass") };
-        assert!(a.over_quota);
-        assert_eq!(a.limits[0].remaining, 0);
+        // A newcomer's overflow bucket has the quota of 2, then passes marked.
+        let marks: Vec<bool> = (0..4)
+            .map(|_| match t.check(&from(0xc000_0263), T0) {
+                Decision::Allow(a) => a.over_quota,
+                other => panic!("a non-stopping tier refused: {other:?}"),
+            })
+            .collect();
+        assert_eq!(marks, [false, false, true, true]);
+        let m = t.metrics(T0).tables[2];
+        assert_eq!((m.overflow, m.full), (2, 2));
+    }
+
+    /// Whether two callers of API 0 share an overflow bucket.
+    fn same_bucket(t: &Throttle, a: IpAddr, b: IpAddr) -> bool {
+        let api = t.apis[0].key;
+        let bucket = |ip| t.anonymous.overflow(t.anonymous_hashes(ip, api).1).expect("a bucket") as *const _;
+        std::ptr::eq(bucket(a), bucket(b))
+    }
+
+    #[test]
+    fn a_flood_of_distinct_networks_gets_at_most_the_overflow_buckets_quota() {
+        let t = small_table();
+        // 32 established callers, then a flood from 20,000 distinct /24 networks, 3 requests
+        // each, in one window: the flood takes the 32 free slots, and the rest of it can spend
+        // only the overflow buckets' quota, 64 × 2.
+        let established = |i: u32| from(0x0a00_0000 + i);
+        for i in 0..32 {
+            assert_eq!(allowed(&t, &established(i), T0 + 1_000, 1), 1);
+        }
+        let flood = |n: u32| from(0x6440_0000 + (n << 8));
+        let mut passed = 0;
+        for n in 0..20_000 {
+            passed += allowed(&t, &flood(n), T0 + 2_000, 3);
+        }
+        let q = 2;
+        // 32 keys got slots and their quota; with 20,000 networks every bucket was reached
+        // (the chance that one was missed is below 10^-60).
+        assert_eq!(passed, 32 * q + OVERFLOW_BUCKETS * q);
+        let m = t.metrics(T0 + 2_000).tables[2];
+        assert_eq!((m.live, m.overflow), (SHARD_SLOTS, (OVERFLOW_BUCKETS * q) as u64));
+        // Refused for a full table: all the rest but the slot holders' third tries (quota).
+        assert_eq!(m.full, 20_000 * 3 - (32 + OVERFLOW_BUCKETS) as u64 * 2 - 32);
+        // Refused newcomers learn when the buckets refill: at the window's end.
+        let th = throttled(t.check(&from(0xc633_6401), T0 + 2_000)); // 198.51.100.1
+        assert_eq!((th.level, th.cause, th.retry_after_s), (Level::Unauthenticated, Cause::TableFull, 58));
+        // The established callers were not touched: exactly their quota.
+        for i in 0..32 {
+            assert_eq!(allowed(&t, &established(i), T0 + 3_000, 3), 1, "established caller {i}");
+        }
+
+        // The next window: every key of the first (the flood's 32 included) still holds its slot,
+        // and newcomers have the buckets again.
+        assert_eq!(allowed(&t, &from(0xc633_6401), T0 + 60_000, 3), 2);
+        for i in 0..32 {
+            assert_eq!(allowed(&t, &established(i), T0 + 61_000, 3), 2);
+        }
+        // To keep its 32 slots one more window, the flood must send again: one request per key
+        // per two windows is the least it can spend to hold them. It did not: the window after,
+        // its slots are newcomers' again.
+        let overflowed = t.metrics(T0 + 120_000).tables[2].overflow;
+        assert_eq!(overflowed, (OVERFLOW_BUCKETS * q) as u64 + 2);
+        for n in 0..32 {
+            assert_eq!(allowed(&t, &from(0x0b00_0000 + (n << 8)), T0 + 120_000, 1), 1);
+        }
+        // ...while the established callers, seen in the previous window, keep theirs.
+        for i in 0..32 {
+            assert_eq!(allowed(&t, &established(i), T0 + 121_000, 3), 2);
+        }
+        let m = t.metrics(T0 + 121_000).tables[2];
+        assert_eq!((m.live, m.overflow), (SHARD_SLOTS, overflowed), "all in slots, none in overflow");
+    }
+
+    #[test]
+    fn one_ipv6_site_fills_the_table_but_spends_only_its_own_overflow_bucket() {
+        let t = small_table();
+        // A /48 holds 65,536 /64s: plenty to fill a table. Newcomers from it share one bucket.
+        let site = |n: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xaaaa, n, 0, 0, 0, 1));
+        let from_site = |n: u16| req(0, 1, Caller::Anonymous { client_ip: site(n) });
+        let mut passed = 0;
+        for n in 0..10_000u16 {
+            passed += allowed(&t, &from_site(n), T0, 2);
+        }
+        assert_eq!(passed, SHARD_SLOTS * 2 + 2, "64 slots, then the site's one bucket");
+        // A newcomer from another site, in another bucket, is served.
+        let other = (1..u16::MAX)
+            .map(|n| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1)))
+            .find(|&ip| !same_bucket(&t, ip, site(0)))
+            .expect("64 buckets");
+        assert_eq!(allowed(&t, &req(0, 1, Caller::Anonymous { client_ip: other }), T0, 3), 2);
+        // One in the site's bucket is refused until the window ends.
+        let unlucky = (1..u16::MAX)
+            .map(|n| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1)))
+            .find(|&ip| same_bucket(&t, ip, site(0)) && ip != site(0))
+            .expect("64 buckets");
+        let th = throttled(t.check(&req(0, 1, Caller::Anonymous { client_ip: unlucky }), T0));
+        assert_eq!((th.cause, th.retry_after_s), (Cause::TableFull, 60));
     }
 
     fn slots() -> u32 {

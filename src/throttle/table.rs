@@ -3,8 +3,9 @@
 //! A [`Table`] is allocated once, at start, and never grows: `shards × SHARD_SLOTS` slots, each
 //! shard behind its own lock. A slot holds a key — a 64-bit hash keyed per process, never the key
 //! string — and a [`Counter`]. Inside a shard, keys are placed by linear probing from a home slot;
-//! slots are never emptied again, only reused once their window has ended, so a key is always found
-//! before the first empty slot of its probe sequence.
+//! slots are never emptied again, only reused once their key's window has ended and its hold
+//! after it has passed, so a key is always found before the first empty slot of its probe
+//! sequence. A table may also have overflow buckets: shared counters for keys that find no slot.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,9 +61,10 @@ pub(crate) struct Shard {
 pub(crate) enum Probe {
     /// The key's slot.
     Found(usize),
-    /// The key is not there; this slot is empty or its window has ended, and can take it.
+    /// The key is not there; this slot is empty or its key's window and hold have passed, and can
+    /// take it.
     Vacant(usize),
-    /// The key is not there and every slot holds a live count; the first of them ends then.
+    /// The key is not there and every slot is held; the first of them frees then.
     Full { next_free_ms: u64 },
 }
 
@@ -93,8 +95,9 @@ impl Shard {
     const NEW: Shard =
         Shard { slots: [Slot { key: EMPTY, counter: Counter { end_ms: 0, count: 0 } }; SHARD_SLOTS] };
 
-    /// Looks `key` up; when it is absent, finds the first slot that can take it.
-    pub fn probe(&self, key: u64, now_ms: u64) -> Probe {
+    /// Looks `key` up; when it is absent, finds the first slot that can take it: an empty one,
+    /// or one whose window ended at least `hold_ms` ago.
+    pub fn probe(&self, key: u64, now_ms: u64, hold_ms: u64) -> Probe {
         let start = home(key);
         let mut vacant = None;
         let mut next_free_ms = u64::MAX;
@@ -108,10 +111,11 @@ impl Shard {
                 // Nothing was ever placed past the first empty slot of a probe sequence.
                 return Probe::Vacant(vacant.unwrap_or(i));
             }
-            if slot.counter.end_ms <= now_ms {
+            let free_at = slot.counter.end_ms.saturating_add(hold_ms);
+            if free_at <= now_ms {
                 vacant.get_or_insert(i);
             } else {
-                next_free_ms = next_free_ms.min(slot.counter.end_ms);
+                next_free_ms = next_free_ms.min(free_at);
             }
         }
         match vacant {
@@ -141,15 +145,51 @@ impl Shard {
 /// A fixed set of counters for keys hashed elsewhere.
 pub(crate) struct Table {
     shards: Box<[Mutex<Shard>]>,
-    /// Requests that met a full shard (refused, or passed unrecorded for a non-stopping tier).
+    /// How long after its window ends a slot stays its key's (see [`Shard::probe`]).
+    hold_ms: u64,
+    /// Shared counters for keys that find their shard full; none for a table without overflow.
+    overflow: Box<[Mutex<Counter>]>,
+    /// Requests that met a full shard and no room in an overflow bucket (refused, or passed
+    /// over quota for a non-stopping tier).
     full: AtomicU64,
+    /// Requests that met a full shard and were admitted under an overflow bucket.
+    overflowed: AtomicU64,
 }
 
 impl Table {
-    /// A table of at least `entries` slots (rounded up to whole shards). Allocates once.
-    pub fn new(entries: usize) -> Table {
+    /// A table of at least `entries` slots (rounded up to whole shards), whose slots stay their
+    /// key's for `hold_ms` after its window, and with `overflow_buckets` shared counters.
+    /// Allocates once.
+    pub fn new(entries: usize, hold_ms: u64, overflow_buckets: usize) -> Table {
         let shards = entries.div_ceil(SHARD_SLOTS).max(1);
-        Table { shards: (0..shards).map(|_| Mutex::new(Shard::NEW)).collect(), full: AtomicU64::new(0) }
+        Table {
+            shards: (0..shards).map(|_| Mutex::new(Shard::NEW)).collect(),
+            hold_ms,
+            overflow: (0..overflow_buckets).map(|_| Mutex::new(Counter::default())).collect(),
+            full: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn hold_ms(&self) -> u64 {
+        self.hold_ms
+    }
+
+    /// The overflow bucket that `spill` (a hash) picks; `None` when the table has none.
+    ///
+    /// Lock it only after releasing the key's shard lock, and before any route counter, so that
+    /// it adds no lock-order cycle. Like a shard, a bucket cannot be left torn by a panic (one
+    /// store per update), so a poisoned lock may be taken as it is.
+    pub fn overflow(&self, spill: u64) -> Option<&Mutex<Counter>> {
+        self.overflow.get(scale(spill, self.overflow.len()))
+    }
+
+    pub fn note_overflow(&self) {
+        self.overflowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn overflow_count(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// Locks the shard that holds `key`.
@@ -185,13 +225,21 @@ impl Table {
 
     /// Bytes this table holds, all allocated by [`Table::new`].
     pub fn bytes(&self) -> usize {
-        size_of::<Table>() + self.shards.len() * size_of::<Mutex<Shard>>()
+        size_of::<Table>()
+            + self.shards.len() * size_of::<Mutex<Shard>>()
+            + self.overflow.len() * size_of::<Mutex<Counter>>()
     }
 }
 
 impl fmt::Debug for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Table").field("capacity", &self.capacity()).field("full", &self.full_count()).finish()
+        f.debug_struct("Table")
+            .field("capacity", &self.capacity())
+            .field("hold_ms", &self.hold_ms)
+            .field("overflow_buckets", &self.overflow.len())
+            .field("full", &self.full_count())
+            .field("overflowed", &self.overflow_count())
+            .finish()
     }
 }
 
@@ -229,44 +277,78 @@ mod tests {
 
     #[test]
     fn probe_finds_reuses_and_reports_full() {
-        let table = Table::new(SHARD_SLOTS);
+        let table = Table::new(SHARD_SLOTS, 0, 0);
         assert_eq!(table.capacity(), SHARD_SLOTS);
         let mut shard = table.lock(1);
         let keys: Vec<u64> = (1..=SHARD_SLOTS as u64).map(|n| key_in_shard0(&table, n)).collect();
         for (n, &k) in keys.iter().enumerate() {
             // All share home slot 0: each lands on the next free slot.
-            assert_eq!(shard.probe(k, 0), Probe::Vacant(n));
+            assert_eq!(shard.probe(k, 0, 0), Probe::Vacant(n));
             shard.set(n, k, Counter { end_ms: 1_000 + n as u64, count: 1 });
         }
         for (n, &k) in keys.iter().enumerate() {
-            assert_eq!(shard.probe(k, 0), Probe::Found(n));
+            assert_eq!(shard.probe(k, 0, 0), Probe::Found(n));
         }
         let newcomer = key_in_shard0(&table, 1_000);
-        assert_eq!(shard.probe(newcomer, 500), Probe::Full { next_free_ms: 1_000 });
+        assert_eq!(shard.probe(newcomer, 500, 0), Probe::Full { next_free_ms: 1_000 });
         // Once the first two windows end, the first expired slot is offered, and existing keys
         // past it are still found.
-        assert_eq!(shard.probe(newcomer, 1_001), Probe::Vacant(0));
+        assert_eq!(shard.probe(newcomer, 1_001, 0), Probe::Vacant(0));
         shard.set(0, newcomer, Counter { end_ms: 2_000, count: 1 });
-        assert_eq!(shard.probe(newcomer, 1_001), Probe::Found(0));
-        assert_eq!(shard.probe(keys[1], 1_001), Probe::Found(1));
-        assert_eq!(shard.probe(keys[0], 1_001), Probe::Vacant(1));
+        assert_eq!(shard.probe(newcomer, 1_001, 0), Probe::Found(0));
+        assert_eq!(shard.probe(keys[1], 1_001, 0), Probe::Found(1));
+        assert_eq!(shard.probe(keys[0], 1_001, 0), Probe::Vacant(1));
         drop(shard);
         assert_eq!(table.occupied(), SHARD_SLOTS);
         assert_eq!(table.live(1_001), SHARD_SLOTS - 1);
     }
 
     #[test]
+    fn a_held_slot_is_not_offered_until_its_hold_has_passed() {
+        let table = Table::new(SHARD_SLOTS, 1_000, 0);
+        let mut shard = table.lock(1);
+        let keys: Vec<u64> = (1..=SHARD_SLOTS as u64).map(|n| key_in_shard0(&table, n)).collect();
+        for (n, &k) in keys.iter().enumerate() {
+            shard.set(n, k, Counter { end_ms: 1_000, count: 1 });
+        }
+        let newcomer = key_in_shard0(&table, 1_000);
+        // The windows ended at 1 s, but their keys hold the slots for one more second.
+        assert_eq!(shard.probe(newcomer, 1_000, table.hold_ms()), Probe::Full { next_free_ms: 2_000 });
+        assert_eq!(shard.probe(newcomer, 1_999, table.hold_ms()), Probe::Full { next_free_ms: 2_000 });
+        assert_eq!(shard.probe(keys[7], 1_999, table.hold_ms()), Probe::Found(7));
+        assert_eq!(shard.probe(newcomer, 2_000, table.hold_ms()), Probe::Vacant(0));
+    }
+
+    #[test]
+    fn overflow_buckets_are_fixed_and_spread() {
+        assert!(Table::new(SHARD_SLOTS, 0, 0).overflow(7).is_none());
+        let t = Table::new(SHARD_SLOTS, 0, 64);
+        assert_eq!(t.overflow.len(), 64);
+        assert!(t.bytes() >= 64 * size_of::<Counter>() + SHARD_SLOTS * size_of::<Slot>());
+        let state = std::hash::RandomState::new();
+        let mut seen = [0usize; 64];
+        for n in 0..64_000u32 {
+            seen[scale(std::hash::BuildHasher::hash_one(&state, n), 64)] += 1;
+        }
+        assert!(seen.iter().all(|&c| (750..1250).contains(&c)), "{seen:?}");
+        let bucket = |spill| t.overflow(spill).expect("a bucket").lock().expect("not poisoned");
+        *bucket(u64::MAX) = Counter { end_ms: 5, count: 1 };
+        assert_eq!(*bucket(u64::MAX), Counter { end_ms: 5, count: 1 });
+        assert_eq!(*bucket(0), Counter::default());
+    }
+
+    #[test]
     fn sizes_round_up_to_whole_shards() {
-        assert_eq!(Table::new(1).capacity(), SHARD_SLOTS);
-        assert_eq!(Table::new(SHARD_SLOTS + 1).capacity(), 2 * SHARD_SLOTS);
-        let t = Table::new(4096);
+        assert_eq!(Table::new(1, 0, 0).capacity(), SHARD_SLOTS);
+        assert_eq!(Table::new(SHARD_SLOTS + 1, 0, 0).capacity(), 2 * SHARD_SLOTS);
+        let t = Table::new(4096, 0, 0);
         assert_eq!(t.capacity(), 4096);
         assert!(t.bytes() >= 4096 * size_of::<Slot>());
     }
 
     #[test]
     fn keys_spread_over_shards() {
-        let t = Table::new(64 * SHARD_SLOTS);
+        let t = Table::new(64 * SHARD_SLOTS, 0, 0);
         let state = std::hash::RandomState::new();
         let mut seen = vec![0usize; t.shards.len()];
         for n in 0..64_000u32 {

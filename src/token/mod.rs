@@ -248,8 +248,14 @@ impl Validator {
         if token.validate_subscription && subscription.is_none() {
             return Err(TokenError::NotSubscribed);
         }
+        // An empty alternative opens nothing: a verified bundle has none (see
+        // `Operation::scopes`), and one built by other means must not turn "a credential we do
+        // not check" into "any token".
         let scoped = op.scopes.is_empty()
-            || op.scopes.iter().any(|alt| alt.iter().all(|need| token.scopes.iter().any(|s| s == need)));
+            || op
+                .scopes
+                .iter()
+                .any(|alt| !alt.is_empty() && alt.iter().all(|need| token.scopes.iter().any(|s| s == need)));
         if !scoped {
             return Err(TokenError::MissingScope);
         }
@@ -695,6 +701,27 @@ mod tests {
         // No scope needed: GET /menu.
         let (_, menu) = route(&m, 0, 0);
         assert!(v.validate(&central_token(&without(good_claims(), "scope")), &a, &menu, NOW).is_ok());
+    }
+
+    #[test]
+    fn an_empty_scope_alternative_opens_nothing() {
+        // `[[], ["order:write"]]` could only come from a requirement that needs no JWT scope
+        // (an API key, HTTP basic): the bundle check refuses it, and should an operation like
+        // it reach the validator anyway, a token without the scope is still refused.
+        let mut m = manifest();
+        m.apis[0].operations[1].scopes = vec![vec![], vec!["order:write".into()]];
+        let e = m.check().expect_err("an empty alternative is refused");
+        assert!(e.0.contains("POST /order") && e.0.contains("empty scope alternative"), "{e}");
+        let v = validator();
+        let (a, post_order) = route(&m, 0, 1);
+        let scopeless = central_token(&without(good_claims(), "scope"));
+        assert_eq!(v.validate(&scopeless, &a, &post_order, NOW).map(drop), Err(TokenError::MissingScope));
+        let writer = central_token(&with(good_claims(), "scope", json!("order:write")));
+        assert!(v.validate(&writer, &a, &post_order, NOW).is_ok());
+        // The one way to say "any valid token" is no alternative at all.
+        let (_, menu) = route(&m, 0, 0);
+        assert!(menu.scopes.is_empty());
+        assert!(v.validate(&scopeless, &a, &menu, NOW).is_ok());
     }
 
     #[test]
