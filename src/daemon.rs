@@ -34,7 +34,9 @@ fn notify(state: &[sd_notify::NotifyState]) {
 }
 
 /// `gatelet check`: everything `run` does before binding, without changing anything. Returns
-/// the summary to print.
+/// the summary to print. A rollback check that could not be made (a corrupt store, one this user
+/// cannot open, or one a running gatelet holds and whose copy cannot be read: see
+/// [`crate::state`]) is an error, so that the exit status can be trusted.
 pub fn check(config: &Config) -> Result<String, StartError> {
     let prepared = server::prepare(config, false)?;
     let m = prepared.bundle.manifest();
@@ -44,13 +46,16 @@ pub fn check(config: &Config) -> Result<String, StartError> {
         server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?;
     }
     server::backend_root(&config.server.backend_ca_file)?;
-    let rollback = match &prepared.state {
-        Some(s) => match s.rollback_mark() {
-            Ok(Some(mark)) => format!("ok (last accepted serial {})", mark.serial),
-            Ok(None) => "ok (no bundle accepted yet)".to_owned(),
-            Err(e) => return Err(StartError(e.to_string())),
-        },
-        None => "not checked (state store busy or unreadable)".to_owned(),
+    // `prepare` without `accept` fails when the rollback check could not be made, so a store is
+    // always there; its absence would be a check not made, never a pass.
+    let Some(state) = &prepared.state else {
+        return Err(StartError("rollback not checked: the state store was not opened".into()));
+    };
+    let copy = if state.is_copy() { "; read from a copy, a running gatelet holds the store" } else { "" };
+    let rollback = match state.rollback_mark() {
+        Ok(Some(mark)) => format!("ok (last accepted serial {}{copy})", mark.serial),
+        Ok(None) => format!("ok (no bundle accepted yet{copy})"),
+        Err(e) => return Err(StartError(e.to_string())),
     };
     let ops: usize = m.apis.iter().map(|a| a.operations.len()).sum();
     Ok(format!(

@@ -69,8 +69,8 @@ enum UsageCommand {
     Export(UsageExportArgs),
 }
 
-/// Move closed usage files (usage-*.ndjson.gz) from the spool to DIR: copy, fsync, then delete.
-/// Safe while the gateway runs.
+/// Move closed usage files (usage-*.ndjson.gz, and *.ndjson.gz.rejected ones the collector
+/// refused) from the spool to DIR: copy, fsync, then delete. Safe while the gateway runs.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export")]
 struct UsageExportArgs {

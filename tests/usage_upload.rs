@@ -2,6 +2,9 @@
 //! sockets, plain and TLS): refusals and a lost acknowledgement first, then acceptance. Every
 //! event arrives exactly once in content (duplicates only under one idempotency key), files
 //! leave the spool only after a 2xx, retries back off, and the headers are the documented ones.
+//! A 2xx whose body is cut short is still the acknowledgement (the file is sent once); a file
+//! the collector refuses for good is set aside as `.rejected` (counted, exported, and counted
+//! against the cap) while the files after it go.
 
 mod usage_util;
 
@@ -14,12 +17,33 @@ use gatelet::usage::{Spooler, Timestamp, UsageConfig, UsageEvent, spool};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use usage_util::*;
 
-/// What the collector does with attempt number `i` (0-based, over all requests).
+/// What the collector does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Status(u16),
+    /// `200` with `Content-Length: 100`, then 10 bytes of body and a close: the status line
+    /// arrived, the body did not.
+    CutOk,
     /// Read the whole request, then close without answering (an acknowledgement lost).
     Hangup,
+}
+
+impl Answer {
+    /// Whether the uploader saw a 2xx status line.
+    fn acknowledged(self) -> bool {
+        matches!(self, Answer::Status(200..=299) | Answer::CutOk)
+    }
+}
+
+/// Where the file of a refused request was when the uploader's next request arrived (by then
+/// the uploader had finished with the refusal: it sends one request at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Still in the spool under its name, to be sent again.
+    Kept,
+    /// Renamed `<name>.rejected`.
+    SetAside,
+    Gone,
 }
 
 #[derive(Debug, Clone)]
@@ -30,8 +54,8 @@ struct Received {
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
     answer: Answer,
-    /// Whether the file named by the idempotency key was still in the spool after a refusal.
-    kept_after_refusal: Option<bool>,
+    /// For a request not acknowledged: what became of its file, seen at the next request.
+    after_refusal: Option<Fate>,
 }
 
 struct Collector {
@@ -43,9 +67,22 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+fn fate(spool_dir: &Path, name: &str) -> Fate {
+    if spool_dir.join(name).exists() {
+        Fate::Kept
+    } else if spool_dir.join(format!("{name}.rejected")).exists() {
+        Fate::SetAside
+    } else {
+        Fate::Gone
+    }
+}
+
+/// What the collector does with request number `i` (0-based, over all requests) for a file.
+type Policy = dyn Fn(usize, &str) -> Answer + Send + Sync;
+
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
-    policy: &(dyn Fn(usize) -> Answer + Sync),
+    policy: &Policy,
     log: &Mutex<Vec<Received>>,
     spool_dir: &Path,
 ) {
@@ -77,37 +114,44 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
-    let attempt = log.lock().expect("log").len();
-    let answer = policy(attempt);
-    let mut r =
-        Received { at: Instant::now(), method, target, headers, body, answer, kept_after_refusal: None };
-    match answer {
-        Answer::Status(code) => {
-            let text = if code == 200 { "ok" } else { "not now" };
-            let resp = format!(
-                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                text.len()
-            );
-            let _ = s.write_all(resp.as_bytes()).await;
-            let _ = s.flush().await;
+    let key = headers.get("idempotency-key").cloned().unwrap_or_default();
+    let attempt = {
+        let mut log = log.lock().expect("log");
+        // This request shows the uploader is done with the previous answer.
+        if let Some(prev) = log.last_mut().filter(|p| !p.answer.acknowledged()) {
+            prev.after_refusal = Some(fate(spool_dir, &prev.headers["idempotency-key"]));
         }
-        Answer::Hangup => {}
-    }
-    drop(s);
-    if answer != Answer::Status(200) {
-        // The uploader has seen the failure; the file must still be there.
-        smol::Timer::after(Duration::from_millis(100)).await;
-        let name = r.headers.get("idempotency-key").cloned().unwrap_or_default();
-        r.kept_after_refusal = Some(spool_dir.join(name).exists());
-    }
-    log.lock().expect("log").push(r);
+        log.len()
+    };
+    let answer = policy(attempt, &key);
+    log.lock().expect("log").push(Received {
+        at: Instant::now(),
+        method,
+        target,
+        headers,
+        body,
+        answer,
+        after_refusal: None,
+    });
+    let resp = match answer {
+        Answer::Status(code) => {
+            let text = if (200..300).contains(&code) { "ok" } else { "not now" };
+            format!("HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}", text.len())
+        }
+        Answer::CutOk => {
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n0123456789".to_owned()
+        }
+        Answer::Hangup => String::new(),
+    };
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.flush().await;
 }
 
 impl Collector {
     fn start(
         spool_dir: &Path,
         tls: Option<async_native_tls::TlsAcceptor>,
-        policy: impl Fn(usize) -> Answer + Send + Sync + 'static,
+        policy: impl Fn(usize, &str) -> Answer + Send + Sync + 'static,
     ) -> Collector {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -169,7 +213,7 @@ fn record_all(s: &Spooler, evs: &[UsageEvent]) {
 /// Request lines in the bodies the collector accepted, by idempotency key.
 fn accepted_lines(received: &[Received]) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
-    for r in received.iter().filter(|r| r.answer == Answer::Status(200)) {
+    for r in received.iter().filter(|r| r.answer.acknowledged()) {
         let key = r.headers["idempotency-key"].clone();
         let mut text = String::new();
         std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(&r.body[..]), &mut text)
@@ -193,9 +237,13 @@ fn uploads_retry_then_deliver_every_event_once() {
     let left = spool::list(&dir).expect("list").closed;
     assert!(left.len() >= 2);
 
-    let collector = Collector::start(&dir, None, |i| match i {
-        0 | 1 => Answer::Status(503),
-        2 => Answer::Hangup,
+    // Refusals that are not the file's fault: the same file again, after a backoff.
+    let collector = Collector::start(&dir, None, |i, _| match i {
+        0 => Answer::Status(503),
+        1 => Answer::Status(429),
+        // Credentials the collector does not take: the device's configuration, not the file.
+        2 => Answer::Status(401),
+        3 => Answer::Hangup,
         _ => Answer::Status(200),
     });
     let cfg = UsageConfig {
@@ -226,9 +274,10 @@ fn uploads_retry_then_deliver_every_event_once() {
         assert_eq!(r.headers["content-length"], r.body.len().to_string());
     }
     // Refused files stayed in the spool; a retried file was sent again byte for byte.
-    let refused: Vec<&Received> = got.iter().filter(|r| r.answer != Answer::Status(200)).collect();
-    assert_eq!(refused.len(), 3);
-    assert!(refused.iter().all(|r| r.kept_after_refusal == Some(true)), "a file left before a 2xx");
+    let refused: Vec<&Received> = got.iter().filter(|r| !r.answer.acknowledged()).collect();
+    assert_eq!(refused.len(), 4);
+    assert!(refused.iter().all(|r| r.after_refusal == Some(Fate::Kept)), "a file left before a 2xx");
+    assert!(refused.iter().all(|r| r.headers["idempotency-key"] == left[0].name), "the same file retried");
     let mut bodies: BTreeMap<&str, &[u8]> = BTreeMap::new();
     for r in &got {
         let prev = bodies.insert(&r.headers["idempotency-key"], &r.body);
@@ -256,7 +305,7 @@ fn uploads_retry_then_deliver_every_event_once() {
     // Uncapped, the third wait would be at least 3 s.
     assert!(gaps[2] >= Duration::from_millis(1400) && gaps[2] < Duration::from_millis(2900), "{gaps:?}");
     let m = s.metrics().snapshot();
-    assert_eq!(m.uploads_failed, 3);
+    assert_eq!(m.uploads_failed, 4);
     assert_eq!(m.uploads_ok, accepted.len() as u64);
     std::fs::remove_dir_all(&dir).expect("cleanup");
     std::fs::remove_file(&auth).expect("cleanup");
@@ -301,7 +350,7 @@ fn uploads_over_https_trusting_a_private_ca() {
     .expect("identity");
     let acceptor =
         async_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity).expect("acceptor"));
-    let collector = Collector::start(&dir, Some(acceptor), |_| Answer::Status(200));
+    let collector = Collector::start(&dir, Some(acceptor), |_, _| Answer::Status(200));
     let url = format!("https://localhost:{}/usage", collector.addr.port());
     // Without the collector's CA the upload fails (and the file stays).
     let cfg = UsageConfig {
@@ -331,4 +380,152 @@ fn uploads_over_https_trusting_a_private_ca() {
     assert_eq!(accepted.values().map(Vec::len).sum::<usize>(), 100);
     std::fs::remove_dir_all(&dir).expect("cleanup");
     std::fs::remove_dir_all(&certs).expect("cleanup");
+}
+
+/// Closed files left by a run without an uploader: the queue the next tests start from.
+fn leave_closed_files(dir: &Path, evs: &[UsageEvent]) -> Vec<spool::SpoolFile> {
+    let s = Spooler::start(&config(dir)).expect("starts");
+    record_all(&s, evs);
+    s.shutdown();
+    spool::list(dir).expect("list").closed
+}
+
+fn upload_config(dir: &Path, collector: &Collector) -> UsageConfig {
+    UsageConfig {
+        upload_url: format!("http://{}/ingest", collector.addr),
+        upload_interval_s: 1,
+        upload_backoff_max_s: 1,
+        ..config(dir)
+    }
+}
+
+/// Polls `done` until it holds; fails with `what` after `within`.
+fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sample(s: &Spooler, name: &str) -> Option<u64> {
+    s.metrics().samples().into_iter().find(|(n, ..)| n == name).map(|(.., v)| v)
+}
+
+#[test]
+fn a_2xx_whose_body_is_cut_short_acknowledges_the_file_once() {
+    let dir = tempdir("upload-cut");
+    let left = leave_closed_files(&dir, &events(0..1500));
+    assert!(left.len() >= 2);
+    let collector = Collector::start(&dir, None, |_, _| Answer::CutOk);
+    let s = Spooler::start(&upload_config(&dir, &collector)).expect("starts with an uploader");
+    wait_for_empty_spool(&dir, Duration::from_secs(30));
+    s.shutdown();
+    let sent: Vec<String> =
+        collector.received().iter().map(|r| r.headers["idempotency-key"].clone()).collect();
+    let want: Vec<String> = left.iter().map(|f| f.name.clone()).collect();
+    assert_eq!(sent, want, "each file sent exactly once, oldest first");
+    let m = s.metrics().snapshot();
+    assert_eq!((m.uploads_ok, m.uploads_failed), (left.len() as u64, 0));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn a_file_refused_for_good_is_set_aside_and_the_next_ones_go() {
+    let dir = tempdir("upload-rejected");
+    let left = leave_closed_files(&dir, &events(0..1500));
+    assert!(left.len() >= 3);
+    // The oldest file, the one every later file waits behind, is refused whenever it comes.
+    let refused = left[0].name.clone();
+    let refused_bytes = std::fs::read(&left[0].path).expect("read");
+    let bad = refused.clone();
+    let collector =
+        Collector::start(
+            &dir,
+            None,
+            move |_, key| {
+                if key == bad { Answer::Status(400) } else { Answer::Status(200) }
+            },
+        );
+    let s = Spooler::start(&upload_config(&dir, &collector)).expect("starts with an uploader");
+    let aside = dir.join(format!("{refused}.rejected"));
+    wait_until(Duration::from_secs(30), "the refused file set aside and the others delivered", || {
+        spool::list(&dir).expect("list").closed.is_empty() && aside.exists()
+    });
+    s.shutdown();
+
+    let got = collector.received();
+    let sent: Vec<&str> = got.iter().map(|r| r.headers["idempotency-key"].as_str()).collect();
+    let want: Vec<&str> = left.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(sent, want, "the refused file sent once, then each later file once");
+    assert_eq!(got[0].answer, Answer::Status(400));
+    assert_eq!(got[0].after_refusal, Some(Fate::SetAside), "set aside before the next file went");
+    let accepted = accepted_lines(&got);
+    assert_eq!(accepted.len(), left.len() - 1);
+    assert_eq!(std::fs::read(&aside).expect("set-aside file"), refused_bytes, "kept as it was");
+    let m = s.metrics().snapshot();
+    assert_eq!((m.uploads_ok, m.uploads_failed), (left.len() as u64 - 1, 0));
+    assert_eq!(sample(&s, "gatelet_usage_uploads_rejected_total"), Some(1));
+    let mut text = String::new();
+    s.metrics().render_prometheus(&mut text);
+    assert!(text.contains("\ngatelet_usage_uploads_rejected_total 1\n"), "{text}");
+
+    // It stays out of the upload queue across a restart...
+    let s = Spooler::start(&upload_config(&dir, &collector)).expect("restarts");
+    s.close_current_file();
+    s.shutdown();
+    assert!(aside.exists());
+    assert_eq!(collector.received().len(), got.len(), "nothing sent again");
+    // ...and `usage export` takes it, under its .rejected name.
+    let to = tempdir("upload-rejected-export");
+    let report = gatelet::usage::export(&dir, &to).expect("exports");
+    let moved: Vec<&str> = report.moved.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(moved, [format!("{refused}.rejected")]);
+    assert!(!aside.exists());
+    assert_eq!(std::fs::read(to.join(format!("{refused}.rejected"))).expect("exported"), refused_bytes);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    std::fs::remove_dir_all(&to).expect("cleanup");
+}
+
+#[test]
+fn set_aside_files_count_against_the_cap_and_go_first() {
+    let dir = tempdir("upload-rejected-cap");
+    let left = leave_closed_files(&dir, &events(0..600));
+    assert!(left.len() >= 2);
+    // As the uploader leaves a file the collector refused for good.
+    let aside = dir.join(format!("{}.rejected", left[0].name));
+    std::fs::rename(&left[0].path, &aside).expect("set aside");
+    let aside_len = std::fs::metadata(&aside).expect("stat").len();
+    let aside_requests = gunzip(&aside).lines().count() as u64;
+    let cap = gatelet::usage::config::MIN_SPOOL_BYTES;
+    let on_disk = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir).expect("ls").map(|e| e.expect("entry").metadata().expect("stat").len()).sum()
+    };
+    assert!(on_disk(&dir) < cap);
+    let s = Spooler::start(&UsageConfig { max_spool_bytes: cap, ..config(&dir) }).expect("starts");
+    // Record until the cap first has to delete a file.
+    let mut n = 600;
+    while s.metrics().snapshot().files_dropped_cap == 0 {
+        assert!(n < 20_000, "the cap never deleted a file");
+        record_all(&s, &events(n..n + 50));
+        s.flush();
+        n += 50;
+        assert!(on_disk(&dir) <= cap, "the spool passed its cap");
+    }
+    s.shutdown();
+    assert!(!aside.exists(), "the set-aside file went first");
+    assert!(
+        left[1..].iter().all(|f| f.path.exists()),
+        "deliverable files kept while a set-aside one was there"
+    );
+    let m = s.metrics().snapshot();
+    assert_eq!(
+        (m.files_dropped_cap, m.bytes_dropped_cap, m.events_dropped_cap),
+        (1, aside_len, aside_requests)
+    );
+    // The loss is written down like any other cap loss.
+    let (_, losses) = split_kinds(&closed_lines(&dir));
+    assert_eq!(loss_sum(&losses, "files_capped"), 1);
+    assert_eq!(loss_sum(&losses, "events_capped"), aside_requests);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -37,7 +37,7 @@ use crate::bundle::model::{Api, Cors, Endpoints, Operation};
 use crate::bundle::{self, Bundle};
 use crate::config::Config;
 use crate::router::{self, Miss, Router};
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
 use crate::throttle::{self, Caller, Decision, Throttle};
 use crate::token::{self, KeyType, Principal, TokenError, Validator};
 use crate::usage::{Timestamp, UsageEvent};
@@ -163,10 +163,12 @@ pub fn prepare(config: &Config, accept: bool) -> Result<Prepared, StartError> {
         .map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
     let state = match StateStore::open(&config.state.dir) {
         Ok(s) => Some(s),
-        Err(e) if !accept => {
-            log::warn!("rollback not checked: {e}");
-            None
+        // `check` beside a running daemon: read a copy of its store; a check that could not be
+        // made is a failure, never a pass (scripts and ExecStartPre trust the exit status).
+        Err(StateError::Busy(dir)) if !accept => {
+            Some(StateStore::open_copy(&dir).map_err(|e| StartError(format!("rollback not checked: {e}")))?)
         }
+        Err(e) if !accept => return Err(StartError(format!("rollback not checked: {e}"))),
         Err(e) => return Err(StartError(e.to_string())),
     };
     let mut floor = 0;

@@ -3,7 +3,10 @@
 //! the destination directory fsynced, and only then deleted from the spool, so an export
 //! interrupted at any point (stick pulled, power cut) leaves every file in the spool, at the
 //! destination, or both — never in neither. `.part` files are not touched: the running writer
-//! owns them, and the next start (or shutdown) closes them.
+//! owns them, and the next start (or shutdown) closes them. Files the collector refused for good
+//! (`<name>.rejected`) are moved too, under that name, after the closed ones: they leave the
+//! device no other way, and the name keeps saying the collector would not take them (a
+//! `*.ndjson.gz` glob skips them; `zcat` reads them as they are).
 //!
 //! Safe while the daemon runs: it only reads and removes closed files, as the uploader does; a
 //! file both export and upload took is a duplicate with the same name, for the collector to
@@ -29,7 +32,7 @@ const MAX_CONFIG_FILE: u64 = 1024 * 1024;
 /// What an export moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportReport {
-    /// Names and sizes of the files moved, oldest first.
+    /// Names and sizes of the files moved, oldest first (set-aside ones after the others).
     pub moved: Vec<(String, u64)>,
     /// Files left in the spool because the destination holds a different file of the same name.
     pub conflicts: Vec<String>,
@@ -62,13 +65,14 @@ fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
     }
 }
 
-/// Moves every closed file of `spool_dir` into `to` (created if missing). A closed file whose
-/// tail does not verify is cut to its verified members first, as before an upload.
+/// Moves every closed and set-aside (`.rejected`) file of `spool_dir` into `to` (created if
+/// missing). A file whose tail does not verify is cut to its verified members first, as before
+/// an upload.
 pub fn export(spool_dir: &Path, to: &Path) -> Result<ExportReport, UsageError> {
     let listing = spool::list(spool_dir).map_err(io_err("cannot list spool", spool_dir))?;
     fs::create_dir_all(to).map_err(io_err("cannot create", to))?;
     let mut report = ExportReport::default();
-    for file in &listing.closed {
+    for file in listing.closed.iter().chain(&listing.rejected) {
         // A corrupt tail is cut first, as before an upload (on a read-only flash the file is
         // checked, and one that cannot be cut stops the export with the reason).
         let Some(_scan) = spool::check_closed(&file.path).map_err(io_err("cannot read", &file.path))? else {

@@ -31,9 +31,15 @@ pub struct UsageMetrics {
     pub spool_bytes: AtomicU64,
     /// Closed files waiting for upload or export, as of the writer's last look.
     pub spool_files: AtomicU64,
+    /// Files set aside after a refusal for good (`.rejected`), waiting for export, as of the
+    /// writer's last look.
+    pub spool_rejected_files: AtomicU64,
     pub files_closed: AtomicU64,
     pub uploads_ok: AtomicU64,
+    /// Attempts that will be retried (network, TLS, timeout, 5xx, 408, 429, 401/403/404).
     pub uploads_failed: AtomicU64,
+    /// Files the collector refused for good (another 4xx), set aside as `.rejected`.
+    pub uploads_rejected: AtomicU64,
     pub upload_bytes: AtomicU64,
 }
 
@@ -53,9 +59,11 @@ pub struct MetricsSnapshot {
     pub spool_writable: u64,
     pub spool_bytes: u64,
     pub spool_files: u64,
+    pub spool_rejected_files: u64,
     pub files_closed: u64,
     pub uploads_ok: u64,
     pub uploads_failed: u64,
+    pub uploads_rejected: u64,
     pub upload_bytes: u64,
 }
 
@@ -80,9 +88,11 @@ impl UsageMetrics {
             spool_writable: g(&self.spool_writable),
             spool_bytes: g(&self.spool_bytes),
             spool_files: g(&self.spool_files),
+            spool_rejected_files: g(&self.spool_rejected_files),
             files_closed: g(&self.files_closed),
             uploads_ok: g(&self.uploads_ok),
             uploads_failed: g(&self.uploads_failed),
+            uploads_rejected: g(&self.uploads_rejected),
             upload_bytes: g(&self.upload_bytes),
         }
     }
@@ -103,7 +113,7 @@ impl UsageMetrics {
             (format!("gatelet_usage_events_dropped_total{{reason=\"{reason}\"}}"), "counter", DROPPED, v)
         })
         .collect();
-        let rows: [(&str, &'static str, &'static str, u64); 13] = [
+        let rows: [(&str, &'static str, &'static str, u64); 15] = [
             ("events_written_total", "counter", "Usage events appended and fsynced.", s.events_written),
             ("bytes_written_total", "counter", "Compressed bytes appended to usage files.", s.bytes_written),
             ("flushes_total", "counter", "Gzip members appended (fsyncs of usage data).", s.members_written),
@@ -126,11 +136,28 @@ impl UsageMetrics {
                 "Bytes of usage files deleted by the spool cap.",
                 s.bytes_dropped_cap,
             ),
-            ("spool_bytes", "gauge", "Bytes of usage files in the spool.", s.spool_bytes),
+            (
+                "spool_bytes",
+                "gauge",
+                "Bytes of usage files in the spool (set-aside ones included).",
+                s.spool_bytes,
+            ),
             ("spool_files", "gauge", "Closed usage files waiting for upload or export.", s.spool_files),
+            (
+                "spool_rejected_files",
+                "gauge",
+                "Usage files the collector refused for good, set aside (.rejected) for export.",
+                s.spool_rejected_files,
+            ),
             ("spool_writable", "gauge", "1 while the spool accepts writes.", s.spool_writable),
             ("uploads_ok_total", "counter", "Usage files accepted by the collector.", s.uploads_ok),
-            ("uploads_failed_total", "counter", "Failed usage file uploads.", s.uploads_failed),
+            ("uploads_failed_total", "counter", "Failed usage file uploads, retried.", s.uploads_failed),
+            (
+                "uploads_rejected_total",
+                "counter",
+                "Usage files the collector refused for good (a 4xx blaming the file), set aside.",
+                s.uploads_rejected,
+            ),
             ("upload_bytes_total", "counter", "Bytes of usage files uploaded.", s.upload_bytes),
         ];
         out.extend(rows.into_iter().map(|(n, k, h, v)| (format!("gatelet_usage_{n}"), k, h, v)));
@@ -160,12 +187,14 @@ mod tests {
         let m = UsageMetrics::default();
         add(&m.events_dropped_queue_full, 3);
         add(&m.uploads_ok, 2);
+        add(&m.uploads_rejected, 1);
         let mut out = String::new();
         m.render_prometheus(&mut out);
         assert!(out.contains("gatelet_usage_events_dropped_total{reason=\"queue_full\"} 3\n"), "{out}");
         assert!(out.contains("\ngatelet_usage_uploads_ok_total 2\n"), "{out}");
-        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 16);
+        assert!(out.contains("\ngatelet_usage_uploads_rejected_total 1\n"), "{out}");
+        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 18);
         assert_eq!(out.matches("# TYPE gatelet_usage_events_dropped_total counter").count(), 1);
-        assert_eq!(m.samples().len(), 16);
+        assert_eq!(m.samples().len(), 18);
     }
 }

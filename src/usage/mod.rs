@@ -5,8 +5,9 @@
 //!      ──► writer thread: batch ──every flush_interval_ms──► one gzip member appended to
 //!          usage-<time>-<seq>.ndjson.gz.part + fdatasync ──rotate_bytes / rotate_interval_s──►
 //!          rename to usage-<time>-<seq>.ndjson.gz + fsync(dir)
-//!      ──► uploader thread: POST each closed file as it is, delete after a 2xx, back off on
-//!          failure   (or `gatelet usage export --to DIR`: copy, fsync, delete)
+//!      ──► uploader thread: POST each closed file as it is, delete after a 2xx status line,
+//!          set aside as `.rejected` after a 4xx that blames the file, back off on anything
+//!          else   (or `gatelet usage export --to DIR`: copy, fsync, delete)
 //! ```
 //!
 //! - **Power cuts**: a file is a sequence of complete gzip members, each fsynced when appended,
@@ -14,9 +15,10 @@
 //!   cuts a `.part` back to its last member that verifies (CRC-32, ISIZE) and closes it.
 //! - **Flash wear**: append-only, one write and one fdatasync per flush, one rename per file; no
 //!   per-event open/close, no rewrite.
-//! - **Cap**: the spool never holds more than `max_spool_bytes`; the oldest closed files go first,
-//!   the loss is counted in [`UsageMetrics`] and written as a `usage_dropped` record (see
-//!   [`event`]) into the next member.
+//! - **Cap**: the spool never holds more than `max_spool_bytes` (set-aside `.rejected` files
+//!   included); set-aside files go first, then the oldest closed files; the loss is counted in
+//!   [`UsageMetrics`] and written as a `usage_dropped` record (see [`event`]) into the next
+//!   member.
 //! - **Full or read-only flash**: usage is dropped and counted, the request path never notices,
 //!   and writing is retried every [`writer::RETRY_AFTER_IO_ERROR`].
 //!

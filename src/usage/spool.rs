@@ -6,6 +6,11 @@
 //! sticks); `seq` rises across restarts (one more than the highest in the directory), and it,
 //! not the time, orders files: a board without a battery-backed clock may restart in 1970.
 //! A `.part` becomes closed by a rename, so a closed name always holds complete members.
+//!
+//! A closed file the collector refused for good (a 4xx that blames the file) is renamed to the
+//! same plus `.rejected`: never uploaded again, taken by `usage export`, and still counted
+//! against `max_spool_bytes` (the flash is as full with it as without the rename); when the cap
+//! needs room, set-aside files go before any file that can still be delivered.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader};
@@ -17,6 +22,8 @@ use super::gzip::{self, Scan};
 pub const PREFIX: &str = "usage-";
 pub const CLOSED_SUFFIX: &str = ".ndjson.gz";
 pub const PART_SUFFIX: &str = ".part";
+/// Appended to a closed file's name when the collector refused it for good.
+pub const REJECTED_SUFFIX: &str = ".rejected";
 
 /// A closed file's name.
 pub fn closed_name(opened: Timestamp, seq: u64) -> String {
@@ -46,6 +53,29 @@ pub fn parse_name(name: &str) -> Option<(u64, bool)> {
     Some((seq.parse().ok()?, part))
 }
 
+/// The name a closed file is set aside under.
+pub fn rejected_name(closed: &str) -> String {
+    format!("{closed}{REJECTED_SUFFIX}")
+}
+
+/// What a spool file name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Closed,
+    Part,
+    Rejected,
+}
+
+fn kind_of(name: &str) -> Option<(u64, Kind)> {
+    if let Some(closed) = name.strip_suffix(REJECTED_SUFFIX) {
+        return match parse_name(closed)? {
+            (seq, false) => Some((seq, Kind::Rejected)),
+            (_, true) => None,
+        };
+    }
+    parse_name(name).map(|(seq, part)| (seq, if part { Kind::Part } else { Kind::Closed }))
+}
+
 /// One usage file in the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolFile {
@@ -58,16 +88,23 @@ pub struct SpoolFile {
 /// The usage files of a spool directory.
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
-    /// Closed files, oldest (lowest seq) first.
+    /// Closed files, oldest (lowest seq) first: the upload queue.
     pub closed: Vec<SpoolFile>,
     pub parts: Vec<SpoolFile>,
-    /// Highest seq of any usage file, closed or not.
+    /// Closed files the collector refused for good (`.rejected`), oldest first; `name` and
+    /// `path` are the set-aside ones.
+    pub rejected: Vec<SpoolFile>,
+    /// Highest seq of any usage file, closed, written or set aside.
     pub max_seq: Option<u64>,
 }
 
 impl Listing {
     pub fn closed_bytes(&self) -> u64 {
         self.closed.iter().map(|f| f.len).sum()
+    }
+
+    pub fn rejected_bytes(&self) -> u64 {
+        self.rejected.iter().map(|f| f.len).sum()
     }
 }
 
@@ -79,7 +116,7 @@ pub fn list(dir: &Path) -> io::Result<Listing> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some((seq, part)) = parse_name(name) else { continue };
+        let Some((seq, kind)) = kind_of(name) else { continue };
         let meta = match entry.metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -90,10 +127,15 @@ pub fn list(dir: &Path) -> io::Result<Listing> {
         }
         out.max_seq = out.max_seq.max(Some(seq));
         let f = SpoolFile { name: name.to_owned(), path: entry.path(), seq, len: meta.len() };
-        if part { out.parts.push(f) } else { out.closed.push(f) }
+        match kind {
+            Kind::Closed => out.closed.push(f),
+            Kind::Part => out.parts.push(f),
+            Kind::Rejected => out.rejected.push(f),
+        }
     }
-    out.closed.sort_by(|a, b| (a.seq, &a.name).cmp(&(b.seq, &b.name)));
-    out.parts.sort_by(|a, b| (a.seq, &a.name).cmp(&(b.seq, &b.name)));
+    for files in [&mut out.closed, &mut out.parts, &mut out.rejected] {
+        files.sort_by(|a, b| (a.seq, &a.name).cmp(&(b.seq, &b.name)));
+    }
     Ok(out)
 }
 
@@ -198,19 +240,63 @@ pub fn remove_if_present(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Deletes a closed file to keep the spool under its cap, and says what was lost: its bytes and
-/// the request records it held (counted before it goes). A file already taken by the uploader or
-/// an export is no loss.
+/// Renames a closed file the collector refused for good to its `.rejected` name; returns that
+/// path, or `None` when the file is gone (the cap or an export took it meanwhile). An existing
+/// file of that name is never overwritten (seq numbers are unique, so only a hand-made copy can
+/// be there): that is an error, and the file stays in the queue.
+pub fn set_aside(file: &SpoolFile) -> io::Result<Option<PathBuf>> {
+    let target = file.path.with_file_name(rejected_name(&file.name));
+    if !file.path.exists() {
+        return Ok(None);
+    }
+    if target.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} already exists; move it away so that {} can be set aside",
+                target.display(),
+                file.name
+            ),
+        ));
+    }
+    match fs::rename(&file.path, &target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = target.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(Some(target))
+}
+
+/// Deletes a closed (or set-aside) file to keep the spool under its cap, and says what was lost:
+/// its bytes and the request records it held (counted before it goes). A file already taken by
+/// the uploader or an export is no loss; one the uploader set aside since the listing still
+/// takes room, and goes under its new name.
 pub fn drop_for_cap(file: &SpoolFile) -> io::Result<Loss> {
-    let lines = match File::open(&file.path) {
+    let aside = file.path.with_file_name(rejected_name(&file.name));
+    let mut path = &file.path;
+    let opened = match File::open(path) {
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                && kind_of(&file.name).map(|k| k.1) == Some(Kind::Closed) =>
+        {
+            path = &aside;
+            File::open(path)
+        }
+        other => other,
+    };
+    let lines = match opened {
         Ok(f) => gzip::scan(BufReader::new(f)).map(|s| s.request_lines).unwrap_or(0),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loss::default()),
         Err(e) => return Err(e),
     };
-    if !remove_if_present(&file.path)? {
+    if !remove_if_present(path)? {
         return Ok(Loss::default());
     }
-    log::warn!("usage: spool cap reached, dropped {} ({} bytes, {} requests)", file.name, file.len, lines);
+    let shown = if *path == aside { rejected_name(&file.name) } else { file.name.clone() };
+    log::warn!("usage: spool cap reached, dropped {shown} ({} bytes, {lines} requests)", file.len);
     Ok(Loss { events_capped: lines, files_capped: 1, bytes_capped: file.len, ..Loss::default() })
 }
 
@@ -237,5 +323,36 @@ mod tests {
         ] {
             assert_eq!(parse_name(other), None, "{other}");
         }
+        assert_eq!(kind_of(&rejected_name(&n)), Some((42, Kind::Rejected)));
+        assert_eq!(parse_name(&rejected_name(&n)), None, "never in the upload queue");
+        assert_eq!(kind_of(&format!("{n}.part.rejected")), None);
+        assert_eq!(kind_of("notes.txt.rejected"), None);
+    }
+
+    #[test]
+    fn set_aside_files_are_listed_apart_and_numbered_past() {
+        let dir = std::env::temp_dir().join(format!("gatelet-spool-aside-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("mkdir");
+        for seq in [3, 5] {
+            fs::write(dir.join(closed_name(Timestamp(0), seq)), b"x").expect("write");
+        }
+        let l = list(&dir).expect("list");
+        let oldest = &l.closed[0];
+        let aside = set_aside(oldest).expect("renamed").expect("was there");
+        assert_eq!(aside, dir.join(rejected_name(&oldest.name)));
+        let nine = closed_name(Timestamp(0), 9);
+        fs::write(dir.join(&nine), b"xyz").expect("write");
+        fs::rename(dir.join(&nine), dir.join(rejected_name(&nine))).expect("rename");
+        let l = list(&dir).expect("list");
+        assert_eq!(l.closed.iter().map(|f| f.seq).collect::<Vec<_>>(), [5]);
+        assert_eq!(l.rejected.iter().map(|f| f.seq).collect::<Vec<_>>(), [3, 9]);
+        assert_eq!((l.max_seq, l.rejected_bytes()), (Some(9), 4));
+        // Gone meanwhile: nothing to do. Never over another file of the set-aside name.
+        assert_eq!(set_aside(oldest).expect("gone is fine"), None);
+        fs::write(&oldest.path, b"again").expect("write");
+        assert!(set_aside(oldest).is_err());
+        assert!(oldest.path.exists());
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

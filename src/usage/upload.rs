@@ -3,6 +3,22 @@
 //! the queue, so nothing is lost across restarts; a file whose acceptance was not seen is sent
 //! again with the same `Idempotency-Key` (its name), for the collector to deduplicate.
 //!
+//! What the collector's answer means ([`verdict`]):
+//! - **2xx**: the status line is the acknowledgement. The file is deleted as soon as it arrives;
+//!   the response body is not read, so a collector that cuts its body short (or never sends it)
+//!   does not get the file again.
+//! - **Retry the same file** after a backoff: no answer (connect, TLS, timeout, a connection
+//!   closed before the status line), 5xx, 408 and 429 (the collector's own "later"), 425, and
+//!   401, 403, 404 and 407. The last four say the device's configuration is wrong (credentials,
+//!   URL) — every file would get them, so setting files aside would strand them all until an
+//!   operator renamed them back; they wait in the queue instead, and the log says what to fix.
+//! - **Any other 4xx** (400, 409, 413, 415, 422, ...): the collector refuses this file for good.
+//!   It is renamed `<name>.rejected` ([`spool::set_aside`]), counted
+//!   (`gatelet_usage_uploads_rejected_total`), logged with the status and the start of the body,
+//!   and the next file goes at once: one bad file never blocks the queue. Set-aside files stay
+//!   in the spool, count against `max_spool_bytes` (the first to go when it needs room) and
+//!   leave with `gatelet usage export`.
+//!
 //! One connection per file over HTTP/1.1 (hyper on smol), TLS 1.2+ via the system's OpenSSL
 //! (async-native-tls). Credentials come from `upload_auth_file`, are re-read before each upload
 //! (so they can be rotated in place), are marked sensitive and never logged; a URL with
@@ -35,6 +51,9 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_AUTH_FILE: u64 = 16 * 1024;
 /// Response body bytes kept for the log line of a refused upload.
 const ERROR_BODY_KEPT: usize = 512;
+/// Longest wait for the body of a refusal (read only for the log line): the status already
+/// decided what happens to the file, so a slow or cut body must not hold the queue.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scheme {
@@ -191,7 +210,31 @@ fn read_credentials(path: &Path) -> Result<Credentials, String> {
     Ok(Credentials(v))
 }
 
-/// Why one upload failed.
+/// What a collector's status means for the file; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Delete the file.
+    Accepted,
+    /// Keep it and send it again after a backoff.
+    Retry,
+    /// Set it aside (`.rejected`) and go on with the next file.
+    Reject,
+}
+
+/// The collector's status, read as the module doc says.
+pub fn verdict(status: StatusCode) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Accepted,
+        // The collector's "later", and statuses that blame the device's configuration (every
+        // file would get them): no file is to blame.
+        401 | 403 | 404 | 407 | 408 | 425 | 429 => Verdict::Retry,
+        400..=499 => Verdict::Reject,
+        // 5xx, and 1xx/3xx a POST should never end with: the collector's fault, for now.
+        _ => Verdict::Retry,
+    }
+}
+
+/// Why one upload failed (and will be retried).
 #[derive(Debug)]
 enum UploadError {
     Io(std::io::Error),
@@ -208,8 +251,18 @@ impl fmt::Display for UploadError {
             UploadError::Io(e) => write!(f, "{e}"),
             UploadError::Tls(e) => write!(f, "TLS: {e}"),
             UploadError::Http(e) => write!(f, "HTTP: {e}"),
-            UploadError::Refused(s, body) if body.is_empty() => write!(f, "collector answered {s}"),
-            UploadError::Refused(s, body) => write!(f, "collector answered {s}: {body}"),
+            UploadError::Refused(s, body) => {
+                write!(f, "collector answered {s}")?;
+                if !body.is_empty() {
+                    write!(f, ": {body}")?;
+                }
+                // Statuses that blame the device's configuration say which key to look at.
+                match s.as_u16() {
+                    401 | 403 | 407 => f.write_str(" (check usage.upload_auth_file)"),
+                    404 => f.write_str(" (check usage.upload_url)"),
+                    _ => Ok(()),
+                }
+            }
             UploadError::Timeout => write!(f, "no answer within {}s", UPLOAD_TIMEOUT.as_secs()),
             UploadError::Setup(e) => f.write_str(e),
         }
@@ -256,6 +309,14 @@ fn random_u64() -> u64 {
     // Without OS randomness the jitter degrades to none; retries still back off.
     let _ = getrandom::getrandom(&mut b);
     u64::from_le_bytes(b)
+}
+
+/// What became of a file the collector answered.
+enum Sent {
+    /// Accepted and deleted; or gone before it could be sent (the cap, an export).
+    Done,
+    /// Refused for good and renamed to its `.rejected` name (`None`: gone meanwhile).
+    SetAside(StatusCode, String, Option<PathBuf>),
 }
 
 enum Step<T> {
@@ -307,7 +368,22 @@ impl Uploader {
                     Step::Stopped => return,
                 };
                 match result {
-                    Ok(()) => failures = 0,
+                    Ok(Sent::Done) => failures = 0,
+                    Ok(Sent::SetAside(status, body, aside)) => {
+                        // The collector answered: it is reachable, the next file goes at once.
+                        failures = 0;
+                        add(&self.metrics.uploads_rejected, 1);
+                        let body = if body.is_empty() { String::new() } else { format!(": {body}") };
+                        let whereto = aside.map_or_else(
+                            || "it has left the spool meanwhile".to_owned(),
+                            |p| format!("kept as {} for `gatelet usage export`", p.display()),
+                        );
+                        log::error!(
+                            "usage: {} refused {} for good ({status}{body}); {whereto}; going on with the next file",
+                            self.target.authority,
+                            file.name
+                        );
+                    }
                     Err(e) => {
                         add(&self.metrics.uploads_failed, 1);
                         let wait = backoff(failures, self.backoff_max, random_u64());
@@ -339,8 +415,9 @@ impl Uploader {
         }
     }
 
-    /// Sends one file; on a 2xx deletes it. A file that vanished meanwhile (cap, export) is Ok.
-    async fn upload_one(&self, file: &SpoolFile) -> Result<(), UploadError> {
+    /// Sends one file; on a 2xx deletes it, on a refusal for good sets it aside. A file that
+    /// vanished meanwhile (cap, export) is done.
+    async fn upload_one(&self, file: &SpoolFile) -> Result<Sent, UploadError> {
         // This thread is the uploader's own: blocking file work here holds up nothing else.
         let checked = match spool::check_closed(&file.path)? {
             None => None,
@@ -350,7 +427,7 @@ impl Uploader {
                 Err(e) => return Err(e.into()),
             },
         };
-        let Some(body) = checked else { return Ok(()) };
+        let Some(body) = checked else { return Ok(Sent::Done) };
         let len = body.len() as u64;
         let credentials = match &self.auth_file {
             Some(p) => Some(read_credentials(p).map_err(UploadError::Setup)?),
@@ -370,21 +447,28 @@ impl Uploader {
             req.headers_mut().insert(header::AUTHORIZATION, c.0);
         }
         let exchange = self.send(req);
-        let status = exchange
+        let (status, text) = exchange
             .or(async {
                 smol::Timer::after(UPLOAD_TIMEOUT).await;
                 Err(UploadError::Timeout)
             })
             .await?;
-        if !status.0.is_success() {
-            return Err(UploadError::Refused(status.0, status.1));
+        match verdict(status) {
+            Verdict::Accepted => {}
+            Verdict::Retry => return Err(UploadError::Refused(status, text)),
+            Verdict::Reject => {
+                // A set-aside that fails (read-only flash, a file in the way) is retried like a
+                // failed upload: the file stays in the queue rather than be lost.
+                let aside = spool::set_aside(file)?;
+                return Ok(Sent::SetAside(status, text, aside));
+            }
         }
         add(&self.metrics.uploads_ok, 1);
         add(&self.metrics.upload_bytes, len);
         spool::remove_if_present(&file.path)?;
         spool::fsync_dir(&self.dir)?;
         log::debug!("usage: uploaded {} ({len} bytes)", file.name);
-        Ok(())
+        Ok(Sent::Done)
     }
 
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, String), UploadError> {
@@ -411,7 +495,32 @@ impl Uploader {
     }
 }
 
-/// One request on a fresh HTTP/1.1 connection; returns the status and the start of the body.
+/// The start of a refusal's body, for the log line: best effort, at most [`ERROR_BODY_KEPT`]
+/// bytes and [`ERROR_BODY_WAIT`]; a body cut short or stalled gives what arrived.
+async fn body_start(mut body: hyper::body::Incoming) -> String {
+    let mut kept = Vec::new();
+    let read = async {
+        while kept.len() < ERROR_BODY_KEPT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let room = ERROR_BODY_KEPT - kept.len();
+                        kept.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+    };
+    read.or(async {
+        smol::Timer::after(ERROR_BODY_WAIT).await;
+    })
+    .await;
+    String::from_utf8_lossy(&kept).trim().replace(['\r', '\n'], " ")
+}
+
+/// One request on a fresh HTTP/1.1 connection; returns the status and, for anything but a 2xx,
+/// the start of the body. A 2xx body is never read: the status line is the acknowledgement.
 async fn exchange<I>(io: I, req: Request<Full<Bytes>>) -> Result<(StatusCode, String), UploadError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -420,19 +529,10 @@ where
     let request = async {
         let resp = sender.send_request(req).await?;
         let status = resp.status();
-        let mut body = resp.into_body();
-        let mut kept = Vec::new();
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                let room = ERROR_BODY_KEPT.saturating_sub(kept.len());
-                kept.extend_from_slice(&data[..data.len().min(room)]);
-                if room == 0 {
-                    break;
-                }
-            }
+        if status.is_success() {
+            return Ok((status, String::new()));
         }
-        let text = String::from_utf8_lossy(&kept).trim().replace(['\r', '\n'], " ");
-        Ok((status, text))
+        Ok((status, body_start(resp.into_body()).await))
     };
     // The connection future drives the exchange. It may finish first (a server that answers and
     // closes): the response it read is already handed over, so the request is still awaited;
@@ -486,6 +586,20 @@ mod tests {
             "http://host/#frag",
         ] {
             assert!(UploadTarget::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let v = |code: u16| verdict(StatusCode::from_u16(code).expect("status"));
+        for code in [200, 201, 202, 204, 299] {
+            assert_eq!(v(code), Verdict::Accepted, "{code}");
+        }
+        for code in [401, 403, 404, 407, 408, 425, 429, 500, 502, 503, 504, 599, 100, 302, 304] {
+            assert_eq!(v(code), Verdict::Retry, "{code}");
+        }
+        for code in [400, 405, 409, 410, 411, 413, 415, 422, 431, 451, 499] {
+            assert_eq!(v(code), Verdict::Reject, "{code}");
         }
     }
 

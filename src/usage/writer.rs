@@ -95,9 +95,14 @@ pub(crate) struct Writer {
     line: Vec<u8>,
     part: Option<Part>,
     /// Closed files as of the last look, oldest first; only ever larger than the truth (the
-    /// uploader and exports only remove), so the cap it enforces is never exceeded.
+    /// uploader and exports only remove, or rename a closed file to `.rejected`, which the
+    /// stale view still counts under its old name), so the cap it enforces is never exceeded.
     closed: Vec<SpoolFile>,
     closed_bytes: u64,
+    /// Files set aside after a refusal for good, as of the last look: counted against the cap,
+    /// and the first to go when it needs room (they leave only by export).
+    rejected: Vec<SpoolFile>,
+    rejected_bytes: u64,
     last_rescan: Instant,
     next_seq: u64,
     health: Health,
@@ -134,6 +139,8 @@ impl Writer {
             part: None,
             closed: Vec::new(),
             closed_bytes: 0,
+            rejected: Vec::new(),
+            rejected_bytes: 0,
             last_rescan: now,
             next_seq: 0,
             health: Health::Failed { retry_at: now },
@@ -479,25 +486,37 @@ impl Writer {
         let listing = spool::list(&self.dir)?;
         self.next_seq = self.next_seq.max(listing.max_seq.map_or(0, |s| s.saturating_add(1)));
         self.closed_bytes = listing.closed_bytes();
+        self.rejected_bytes = listing.rejected_bytes();
         self.closed = listing.closed;
+        self.rejected = listing.rejected;
         self.last_rescan = now;
         Ok(())
     }
 
-    /// Makes room for `m` more bytes under the cap: deletes the oldest closed files, and closes
-    /// the `.part` so that it can go too when nothing else is left. `Ok(false)`: `m` alone is
-    /// too large.
+    /// Makes room for `m` more bytes under the cap: deletes set-aside files, then the oldest
+    /// closed files, and closes the `.part` so that it can go too when nothing else is left.
+    /// `Ok(false)`: `m` alone is too large.
     fn make_room(&mut self, m: u64) -> Result<bool, AppendError> {
         let max = self.cfg.max_spool_bytes;
-        let used = |w: &Writer| w.closed_bytes + w.part.as_ref().map_or(0, |p| p.len);
+        let used = |w: &Writer| w.closed_bytes + w.rejected_bytes + w.part.as_ref().map_or(0, |p| p.len);
         if used(self) + m <= max {
             return Ok(true);
         }
         self.rescan(Instant::now())?;
         while used(self) + m > max {
-            if !self.closed.is_empty() {
+            // Set-aside files first: the collector will not take them, the others it may.
+            let victim = if !self.rejected.is_empty() {
+                let oldest = self.rejected.remove(0);
+                self.rejected_bytes -= oldest.len;
+                Some(oldest)
+            } else if !self.closed.is_empty() {
                 let oldest = self.closed.remove(0);
                 self.closed_bytes -= oldest.len;
+                Some(oldest)
+            } else {
+                None
+            };
+            if let Some(oldest) = victim {
                 let loss = spool::drop_for_cap(&oldest)?;
                 add(&self.metrics.events_dropped_cap, loss.events_capped);
                 add(&self.metrics.files_dropped_cap, loss.files_capped);
@@ -514,8 +533,9 @@ impl Writer {
 
     fn update_gauges(&self) {
         let part = self.part.as_ref().map_or(0, |p| p.len);
-        self.metrics.spool_bytes.store(self.closed_bytes + part, Ordering::Relaxed);
+        self.metrics.spool_bytes.store(self.closed_bytes + self.rejected_bytes + part, Ordering::Relaxed);
         self.metrics.spool_files.store(self.closed.len() as u64, Ordering::Relaxed);
+        self.metrics.spool_rejected_files.store(self.rejected.len() as u64, Ordering::Relaxed);
     }
 }
 
