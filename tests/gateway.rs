@@ -300,12 +300,12 @@ fn slowloris_connections_do_not_starve_a_normal_client() {
     let r = get(gw, "/shop/1.0.0/open", None);
     assert_eq!(r.status, 200);
     assert!(start.elapsed() < Duration::from_secs(3), "served in {:?}", start.elapsed());
-    // The head-read timeout (4 s here) closes them.
-    std::thread::sleep(Duration::from_millis(4500));
+    // The head-read timeout (4 s here) closes them: each read ends when the server closes, within
+    // a deadline well past the timeout.
     let closed = idle
         .iter_mut()
         .map(|s| {
-            s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
             let mut buf = Vec::new();
             match s.read_to_end(&mut buf) {
                 Ok(_) => true,
@@ -338,15 +338,23 @@ fn max_connections_holds_new_clients_until_one_leaves() {
     let f = Fixture::new("maxconn");
     let (running, gw, admin) = start(&f, 10, "max_connections = 2");
     let hold: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(gw).expect("connect")).collect();
-    std::thread::sleep(Duration::from_millis(200));
-    // The third client is accepted by the kernel but not served while two are open.
-    let third = std::thread::spawn(move || get(gw, "/shop/1.0.0/open", None).status);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!third.is_finished(), "a third connection was served beyond max_connections");
-    let metrics = String::from_utf8(get(admin, "/metrics", None).body).expect("text");
-    assert!(metrics.contains("gatelet_connections_active 2"), "{metrics}");
+    let metrics = || String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(eventually(Duration::from_secs(5), || metrics().contains("gatelet_connections_active 2")));
+    // The third client is accepted by the kernel but not served while two are open: no answer
+    // within half a second (a served request takes milliseconds).
+    let mut third = TcpStream::connect(gw).expect("connect");
+    third.write_all(b"GET /shop/1.0.0/open HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    third.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let mut byte = [0u8; 1];
+    let early = third.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a third connection was served beyond max_connections: {early:?}"
+    );
+    assert!(metrics().contains("gatelet_connections_active 2"), "{}", metrics());
     drop(hold);
-    assert_eq!(third.join().expect("thread"), 200);
+    third.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    assert_eq!(read_response(&mut BufReader::new(third)).expect("served once one left").status, 200);
     running.shutdown();
 }
 
@@ -369,15 +377,15 @@ fn reload_keeps_the_old_bundle_on_bad_input_and_switches_on_a_newer_one() {
     std::fs::write(inbox.join("b-older.glb"), f.bundle(5)).expect("write");
     assert!(eventually(Duration::from_secs(5), || inbox.join(".refused-b-older.glb").exists()));
     assert_eq!(serial(), 10);
-    // Names starting with '.' are ignored.
-    std::fs::write(inbox.join(".partial.glb"), f.bundle(30)).expect("write");
-    std::thread::sleep(Duration::from_millis(400));
-    assert!(inbox.join(".partial.glb").exists());
-    assert_eq!(serial(), 10);
+    // Names starting with '.' are ignored: a newer bundle under such a name is still there, and
+    // still not in force, after the inbox took the file written after it.
+    std::fs::write(inbox.join(".partial.glb"), f.bundle(40)).expect("write");
     // Newer: swapped in, installed at bundle.path, file removed.
     std::fs::write(inbox.join("c-newer.glb"), f.bundle(30)).expect("write");
     assert!(eventually(Duration::from_secs(5), || serial() == 30));
     assert!(eventually(Duration::from_secs(5), || !inbox.join("c-newer.glb").exists()));
+    assert!(inbox.join(".partial.glb").exists());
+    assert_eq!(serial(), 30);
     let installed = std::fs::read(f.dir.join("bundle.glb")).expect("installed");
     assert_eq!(installed, f.bundle(30), "the accepted bundle is installed for the next boot");
     assert_eq!(get(gw, "/shop/1.0.0/open", None).status, 200);
@@ -388,7 +396,13 @@ fn reload_keeps_the_old_bundle_on_bad_input_and_switches_on_a_newer_one() {
     // SIGHUP-style reload of a replaced bundle.path with an older serial: refused.
     std::fs::write(f.dir.join("bundle.glb"), f.bundle(25)).expect("write");
     running.reload();
-    std::thread::sleep(Duration::from_millis(500));
+    let metrics = || String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(
+        eventually(Duration::from_secs(5), || metrics()
+            .contains("gatelet_bundle_reloads_total{result=\"failed\"} 3")),
+        "{}",
+        metrics()
+    );
     assert_eq!(serial(), 30);
     running.shutdown();
 
@@ -546,7 +560,12 @@ fn sigterm_drains_an_in_flight_request_and_exits_zero() {
 
     let token = f.token(|_| {});
     let slow = std::thread::spawn(move || get(gw, "/shop/1.0.0/slow?ms=800", Some(&token)));
-    std::thread::sleep(Duration::from_millis(300));
+    let in_flight = || {
+        String::from_utf8(get(admin, "/metrics", None).body)
+            .expect("text")
+            .contains("gatelet_requests_in_flight 1")
+    };
+    assert!(eventually(Duration::from_secs(5), in_flight), "the slow request is in flight");
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     let r = slow.join().expect("request thread");
     assert_eq!(r.status, 200, "the in-flight request finished");
@@ -664,9 +683,14 @@ fn every_request_outcome_becomes_one_usage_record_on_flash() {
     let mut s = TcpStream::connect(gw).expect("connect");
     write!(s, "GET /shop/1.0.0/slow?ms=1500 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
         .expect("write");
-    std::thread::sleep(Duration::from_millis(300));
-    drop(s);
     let admin = running.bound.admin.expect("admin");
+    let in_flight = || {
+        String::from_utf8(get(admin, "/metrics", None).body)
+            .expect("text")
+            .contains("gatelet_requests_in_flight 1")
+    };
+    assert!(eventually(Duration::from_secs(5), in_flight), "the slow request reached the backend's wait");
+    drop(s);
     let gauge = || {
         String::from_utf8(get(admin, "/metrics", None).body)
             .expect("text")

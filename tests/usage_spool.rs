@@ -61,11 +61,15 @@ fn files_close_by_age_and_flushes_are_timely() {
     let cfg = UsageConfig { rotate_interval_s: 1, flush_interval_ms: 100, ..config(&dir) };
     let s = Spooler::start(&cfg).expect("starts");
     record_all(&s, &events(0..10));
-    // Within a flush interval (and some scheduling slack) the events are on flash in the .part.
-    std::thread::sleep(Duration::from_millis(400));
+    // Within a flush interval (and some scheduling slack) the events are on flash in the .part,
+    // long before the file closes by age.
+    let flushed = Instant::now() + Duration::from_millis(900);
+    while s.metrics().snapshot().events_written < 10 {
+        assert!(Instant::now() < flushed, "events not flushed within 9 flush intervals");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let l = spool::list(&dir).expect("list");
     assert_eq!((l.parts.len(), l.closed.len()), (1, 0));
-    assert_eq!(s.metrics().snapshot().events_written, 10);
     // Past rotate_interval_s the .part is closed even though no more events came.
     let deadline = Instant::now() + Duration::from_secs(5);
     while spool::list(&dir).expect("list").closed.is_empty() {
