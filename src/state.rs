@@ -620,7 +620,7 @@ mod tests {
         assert_eq!(s.record_bundle_time(1_300).expect("same bundle, restart"), 1_300);
         assert_eq!(s.raise_clock_floor(1_200).expect("keeps"), 1_300);
         drop(s);
-        std::fs::remove_dir_all(&dir).expect("cleanup");
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(s.record_bundle_time(4_000).expect("first record"), 5_000);
         assert_eq!(s.record_bundle_time(3_000).expect("a correction from there on"), 3_000);
         drop(s);
-        std::fs::remove_dir_all(&dir).expect("cleanup");
+        fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
