@@ -63,12 +63,12 @@ fn record_for(s: &Spooler, from: u64, dur: Duration) -> (u64, Vec<Duration>) {
 #[test]
 fn full_or_read_only_flash_drops_and_recovers() {
     if !is_root() {
-        usage_util::cannot_run("full_or_read_only_flash_drops_and_recovers", "mounting a tmpfs needs root");
+        cannot_run("full_or_read_only_flash_drops_and_recovers", "mounting a tmpfs needs root");
         return;
     }
     let mnt = tempdir("enospc");
     if !sh("mount", &["-t", "tmpfs", "-o", "size=192k", "tmpfs", mnt.to_str().expect("utf-8")]) {
-        usage_util::cannot_run("full_or_read_only_flash_drops_and_recovers", "mount -t tmpfs failed here");
+        cannot_run("full_or_read_only_flash_drops_and_recovers", "mount -t tmpfs failed here");
         return;
     }
     let unmount = scopeguard(&mnt);

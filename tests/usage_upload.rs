@@ -340,7 +340,7 @@ fn uploads_over_https_trusting_a_private_ca() {
     let dir = tempdir("upload-tls");
     let certs = tempdir("upload-tls-certs");
     let Some((cert, key)) = openssl_cert(&certs) else {
-        usage_util::cannot_run("uploads_over_https_trusting_a_private_ca", "openssl is not installed");
+        cannot_run("uploads_over_https_trusting_a_private_ca", "openssl is not installed");
         return;
     };
     let identity = native_tls::Identity::from_pkcs8(
