@@ -139,10 +139,15 @@ impl UsageSink for SpoolSink {
     }
 }
 
-/// Starts the usage spooler with a clock that never reads earlier than `floor_s`.
+/// Starts the usage spooler with the clock request records use: the wall clock when it is
+/// plausible (even if a floor ran ahead of it), else never earlier than `floor_s`.
 fn start_usage(config: &usage::UsageConfig, floor_s: u64) -> Result<Spooler, StartError> {
     let floor_ms = floor_s.saturating_mul(1000);
-    let clock: usage::Clock = Arc::new(move || Timestamp(Timestamp::now().0.max(floor_ms)));
+    let plausible_ms = server::PLAUSIBLE_WALL_CLOCK_S.saturating_mul(1000);
+    let clock: usage::Clock = Arc::new(move || {
+        let now = Timestamp::now().0;
+        Timestamp(if now >= plausible_ms { now } else { now.max(floor_ms) })
+    });
     Spooler::start_with_clock(config, clock).map_err(|e| StartError(format!("usage: {e}")))
 }
 

@@ -918,12 +918,15 @@ fn a_build_time_that_ran_ahead_is_corrected_by_a_newer_bundle_and_never_by_a_rep
     for entry in std::fs::read_dir(f.dir.join("spool")).expect("spool") {
         use std::io::Read as _;
         let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        assert!(!name.starts_with("usage-2036"), "a usage file named by the floor: {name}");
         let mut text = String::new();
         flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).expect("open"))
             .read_to_string(&mut text)
             .expect("gzip");
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            assert!(!v["ts"].as_str().expect("ts").starts_with("2036"), "{line}");
             if v["kind"] == "request" {
                 stamps.push(v["ts"].as_str().expect("ts").to_owned());
             }
