@@ -823,6 +823,14 @@ fn forwarding_headers_are_gatelets_own_and_host_follows_rfc_9112() {
     let open = "/shop/1.0.0/open";
     let spoofs = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Forwarded-Host: evil.example\r\n\
                   X-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n";
+    // Underscore spellings, which CGI/WSGI/Rack backends read as the same variables.
+    let underscores = "X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX_Forwarded_Host: evil.example\r\n";
+    let r =
+        raw(gw, &format!("GET {open} HTTP/1.1\r\nHost: gw.test\r\n{underscores}Connection: close\r\n\r\n"));
+    let h = r.json()["headers"].clone();
+    for k in ["x_forwarded_for", "x_real_ip", "x_forwarded_host"] {
+        assert!(h.get(k).is_none(), "{k} reached the backend: {h}");
+    }
     let r = raw(gw, &format!("GET {open} HTTP/1.1\r\nHost: gw.test\r\n{spoofs}Connection: close\r\n\r\n"));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let h = &r.json()["headers"];
@@ -941,7 +949,7 @@ fn a_build_time_that_ran_ahead_is_corrected_by_a_newer_bundle_and_never_by_a_rep
 #[test]
 fn a_clients_broken_or_stalled_body_is_the_clients_fault() {
     let f = Fixture::new("clientbody");
-    let (running, gw, admin) = start(&f, 10, "body_idle_timeout_ms = 400");
+    let (running, gw, admin) = start(&f, 10, "body_idle_timeout_ms = 400\nmax_body_bytes = 100000");
     let token = f.token(|_| {});
     let head =
         format!("POST /shop/1.0.0/items HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n");
@@ -964,6 +972,10 @@ fn a_clients_broken_or_stalled_body_is_the_clients_fault() {
     let r = read_response(&mut BufReader::new(s)).expect("response");
     assert_eq!((r.status, r.fault_code()), (408, 900906), "{}", String::from_utf8_lossy(&r.body));
     assert!(started.elapsed() < Duration::from_secs(5));
+    // A streamed body past max_body_bytes, with no Content-Length to refuse it early: 413.
+    let chunk = format!("{:x}\r\n{}\r\n", 60_000, "a".repeat(60_000));
+    let r = raw(gw, &format!("{head}Transfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n"));
+    assert_eq!((r.status, r.fault_code()), (413, 900906), "{}", String::from_utf8_lossy(&r.body));
     // A complete chunked body still goes through.
     let r = raw(
         gw,
