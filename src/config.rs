@@ -232,10 +232,34 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         cli: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let mut table = match file {
+        let table = match file {
             Some(path) => read_table(path)?,
             None => toml::Table::new(),
         };
+        Config::resolve_table(table, file, env, cli)
+    }
+
+    /// [`Config::resolve`] with the file's text in hand; `origin` names it in error messages.
+    /// The same parsing and checks as from a file, without touching the file system (the config
+    /// fuzz target drives it).
+    pub fn resolve_text(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        if text.len() as u64 > MAX_CONFIG_FILE {
+            return Err(ConfigError(format!("{}: larger than {MAX_CONFIG_FILE} bytes", origin.display())));
+        }
+        Config::resolve_table(parse_table(text, origin)?, Some(origin), env, cli)
+    }
+
+    fn resolve_table(
+        mut table: toml::Table,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        cli: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let defaults = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError(format!("internal: defaults do not serialize: {e}")))?;
         let mut env: Vec<(String, String)> =
@@ -370,6 +394,10 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         return Err(ConfigError(format!("{}: larger than {MAX_CONFIG_FILE} bytes", path.display())));
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
+    parse_table(&text, path)
+}
+
+fn parse_table(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| {
         let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let at = line.map(|l| format!(":{l}")).unwrap_or_default();
@@ -422,6 +450,20 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.server.listen, "127.0.0.1:3000", "command line beats environment");
+        std::fs::remove_file(f).expect("cleanup");
+    }
+
+    #[test]
+    fn text_resolves_as_the_file_does() {
+        let text = "[server]\nlisten = \"127.0.0.1:1000\"\n[auth]\nclock_skew_s = 5\n";
+        let f = file(text);
+        let vars = || env(&[("GATELET_SERVER_MAX_CONNECTIONS", "9")]);
+        let from_file = Config::resolve(Some(&f), vars(), &Overrides::default()).expect("valid");
+        let from_text = Config::resolve_text(text, &f, vars(), &Overrides::default()).expect("valid");
+        assert_eq!(from_text, from_file);
+        assert_eq!((from_text.auth.clock_skew_s, from_text.server.max_connections), (5, 9));
+        let e = Config::resolve_text("[server\n", &f, env(&[]), &Overrides::default()).expect_err("bad toml");
+        assert!(e.0.starts_with(&format!("{}:1", f.display())), "{e}");
         std::fs::remove_file(f).expect("cleanup");
     }
 

@@ -139,6 +139,11 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         path.push('/');
         path.push_str(s);
     }
+    // Percent-encoding raw non-ASCII triples its length: the limit holds for what is routed and
+    // forwarded too, which also keeps normalisation idempotent (found by fuzz/ `router`).
+    if path.len() > MAX_PATH {
+        return Err(PathError::TooLong);
+    }
     Ok(path)
 }
 
@@ -326,6 +331,13 @@ mod tests {
             assert_eq!(normalize_path(param), Err(PathError::PathParameter), "{param}");
         }
         assert_eq!(normalize_path(&"/a".repeat(3000)), Err(PathError::TooLong));
+        // Within the limit as received, over it once non-ASCII is percent-encoded (2,049 bytes
+        // become 6,145): refused, not routed and forwarded longer than the limit.
+        let wide = format!("/{}", "\u{e9}".repeat(1024));
+        assert!(wide.len() <= MAX_PATH);
+        assert_eq!(normalize_path(&wide), Err(PathError::TooLong));
+        let at_limit = format!("/{}", "%C3%A9".repeat((MAX_PATH - 1) / 6));
+        assert_eq!(normalize_path(&at_limit).as_deref(), Ok(at_limit.as_str()), "idempotent at the limit");
     }
 
     fn op(method: Method, path: &str) -> Operation {

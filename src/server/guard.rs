@@ -767,6 +767,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
+/// Runs the framing state machine over `data` delivered in two reads, split at `split` (clamped
+/// to the length), with an 8 KiB head limit, and returns the first refusal. It exists only for
+/// the fuzz target `fuzz/fuzz_targets/framing.rs`, which has no socket to drive [`Guarded`]
+/// with; nothing in gatelet calls it.
+#[doc(hidden)]
+pub fn fuzz_framing(data: &[u8], split: usize) -> Option<Smuggling> {
+    let mut guard = Guarded::new((), 8192);
+    let (first, second) = data.split_at(split.min(data.len()));
+    guard.observe_at(first).or_else(|| guard.observe_at(second)).map(|(why, _)| why)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
