@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use smol_hyper::rt::FuturesIo;
+use crate::server::io::HyperIo;
 
 use crate::config::{Config, Overrides};
 use crate::keys;
@@ -86,7 +86,7 @@ where
                 let handler = handler.clone();
                 ex.spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(FuturesIo::new(stream), hyper::service::service_fn(handler))
+                        .serve_connection(HyperIo::new(stream), hyper::service::service_fn(handler))
                         .await;
                 })
                 .detach();

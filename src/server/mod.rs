@@ -14,6 +14,7 @@
 pub mod body;
 pub mod forwarded;
 pub mod guard;
+pub mod io;
 pub mod metrics;
 pub mod tls;
 pub mod upstream;
@@ -31,7 +32,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use smol::Executor;
 use smol::net::TcpListener;
-use smol_hyper::rt::{FuturesIo, SmolTimer};
+use smol_hyper::rt::SmolTimer;
 
 use crate::bundle::model::{Api, Cors, Endpoints, Operation};
 use crate::bundle::{self, Bundle};
@@ -44,6 +45,7 @@ use crate::usage::{Timestamp, UsageEvent};
 
 pub use body::{BoxError, ProxyBody};
 use body::{Meter, Metered, full};
+use io::HyperIo;
 use metrics::Metrics;
 pub use tls::TlsAcceptor;
 use upstream::{UpstreamError, Upstreams};
@@ -1156,7 +1158,7 @@ where
     if role != Role::Admin {
         guarded = guarded.with_events(Arc::clone(&events) as Arc<dyn guard::GuardEvents>);
     }
-    let io = FuturesIo::new(guarded);
+    let io = HyperIo::new(guarded);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(SmolTimer::new())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use hyper::client::conn::http1::SendRequest;
 use smol::Executor;
 use smol::net::TcpStream;
-use smol_hyper::rt::FuturesIo;
+use crate::server::io::HyperIo;
 
 use crate::bundle::model::{EndpointKind, EndpointUrl, Endpoints};
 
@@ -168,7 +168,7 @@ impl Upstreams {
         S: smol::io::AsyncRead + smol::io::AsyncWrite + Send + Unpin + 'static,
     {
         let (sender, conn) =
-            hyper::client::conn::http1::handshake(FuturesIo::new(stream)).await.map_err(|e| e.to_string())?;
+            hyper::client::conn::http1::handshake(HyperIo::new(stream)).await.map_err(|e| e.to_string())?;
         self.executor
             .spawn(async move {
                 if let Err(e) = conn.await {

@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode, Uri};
 use smol::future::FutureExt as _;
-use smol_hyper::rt::FuturesIo;
+use crate::server::io::HyperIo;
 
 use super::UsageError;
 use super::config::UsageConfig;
@@ -488,9 +488,9 @@ impl Uploader {
                 .connect(self.target.host.as_str(), tcp)
                 .await
                 .map_err(|e| UploadError::Tls(e.to_string()))?;
-            exchange(FuturesIo::new(tls), req).await
+            exchange(HyperIo::new(tls), req).await
         } else {
-            exchange(FuturesIo::new(tcp), req).await
+            exchange(HyperIo::new(tcp), req).await
         }
     }
 }
