@@ -80,16 +80,6 @@ YAML
     --tier HugeSub --app-id a1 --ttl 7200 >"$work/token"
 }
 
-# rss_kib PID: "VmRSS RssAnon" of a process, in KiB.
-rss_kib() {
-  awk '/^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} END {print r, a}' "/proc/$1/status"
-}
-
-# metric ADMIN_ADDR NAME: the sum of the samples of one metric family (0 when absent).
-metric() {
-  curl -sf "http://$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
-}
-
 # wait_healthy ADMIN_ADDR PID: until /healthz answers (at most 10 s), or the process died.
 wait_healthy() {
   local i
