@@ -90,7 +90,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
-            max_head_memory_bytes: 8 * 1024 * 1024,
+            max_head_memory_bytes: 4 * 1024 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             body_idle_timeout_ms: 10_000,
             backend_connect_timeout_ms: 2_000,

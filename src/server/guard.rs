@@ -368,8 +368,15 @@ struct Holder {
     waker: Mutex<Option<Waker>>,
 }
 
-/// hyper's read buffer starts at 8 KiB; an unfinished head holds at least that much.
+/// hyper's read buffer starts at 8 KiB: an unfinished head in it (on a later request of a
+/// keep-alive connection) is charged at least that much, and what it grows to.
 const READ_BUFFER_MIN: usize = 8192;
+
+/// What an unfinished head of `len` bytes costs in hyper's read buffer: at least its first
+/// 8 KiB, and hyper doubles the buffer as a head outgrows it.
+fn hyper_buffer_cost(len: usize) -> usize {
+    if len == 0 { 0 } else { len.max(READ_BUFFER_MIN).next_power_of_two() }
+}
 
 impl HeadBudget {
     pub fn new(limit: usize) -> Arc<HeadBudget> {
@@ -396,10 +403,10 @@ impl HeadBudget {
         self.shed.load(Ordering::Relaxed)
     }
 
-    /// Charges `bytes` of unfinished head to `slot` (0 releases it), then sheds the oldest
+    /// Charges `cost` bytes of unfinished head to `slot` (0 releases it), then sheds the oldest
     /// holders while the budget is exceeded.
-    fn charge(&self, slot: &mut Option<(u64, Arc<Holder>)>, bytes: usize, waker: &Waker) {
-        if bytes == 0 {
+    fn charge(&self, slot: &mut Option<(u64, Arc<Holder>)>, cost: usize, waker: &Waker) {
+        if cost == 0 {
             self.release(slot);
             return;
         }
@@ -414,7 +421,6 @@ impl HeadBudget {
         if holder.shed.load(Ordering::Relaxed) {
             return;
         }
-        let cost = bytes.max(READ_BUFFER_MIN);
         let old = holder.charged.swap(cost, Ordering::Relaxed);
         if cost >= old {
             self.used.fetch_add(cost - old, Ordering::Relaxed);
@@ -456,6 +462,73 @@ impl HeadBudget {
     }
 }
 
+/// How reading a connection's first head ended, when it did not yield one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstHead {
+    /// Closed to keep unfinished heads within their budget (the oldest go first).
+    Shed,
+}
+
+/// Reads a connection's first request head before hyper is started, so that a client that is
+/// slow to send it holds only the bytes it sent (charged exactly to `budget`), not hyper's
+/// buffers and connection state. Returns the bytes read: a whole head (and whatever followed it
+/// in the same reads), or less if the stream ended or passed `max_head` (hyper then answers 431
+/// or closes). The caller bounds the time.
+pub async fn read_first_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    budget: &HeadBudget,
+    max_head: usize,
+) -> Result<Vec<u8>, FirstHead> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut slot = None;
+    let mut scratch = [0u8; 2048];
+    let mut start = None;
+    let result = std::future::poll_fn(|cx| {
+        loop {
+            if slot.as_ref().is_some_and(|(_, h): &(u64, Arc<Holder>)| h.shed.load(Ordering::Relaxed)) {
+                return Poll::Ready(Err(FirstHead::Shed));
+            }
+            let n = match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(n)) => n,
+                // An error or the end: hyper sees the same and closes.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    budget.charge(&mut slot, buf.capacity(), cx.waker());
+                    return Poll::Pending;
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Exact growth: what a slow client holds is what it sent.
+            buf.reserve_exact(n);
+            let before = buf.len();
+            buf.extend_from_slice(&scratch[..n]);
+            if buf.len() > max_head || head_complete(&buf, before, &mut start) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    })
+    .await;
+    budget.release(&mut slot);
+    result.map(|()| buf)
+}
+
+/// Whether `buf` holds a whole head: a blank line after a non-blank one (leading blank lines
+/// skipped, as RFC 9112 §2.2 allows). Only what may end in the bytes from `new` on is looked at,
+/// so a client sending one byte at a time costs linear time. The framing checks proper run
+/// later, in [`Guarded`].
+fn head_complete(buf: &[u8], new: usize, start: &mut Option<usize>) -> bool {
+    if start.is_none() {
+        // Blank so far: the request line can only begin in the new bytes.
+        *start = buf[new..].iter().position(|&b| b != b'\r' && b != b'\n').map(|i| new + i);
+    }
+    let Some(start) = *start else { return false };
+    let from = new.saturating_sub(2).max(start);
+    let rest = &buf[from..];
+    rest.windows(2).any(|w| w == b"\n\n") || rest.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// The guarded stream.
 pub struct Guarded<S> {
     inner: S,
@@ -474,6 +547,9 @@ pub struct Guarded<S> {
     budget: Option<Arc<HeadBudget>>,
     slot: Option<(u64, Arc<Holder>)>,
     events: Option<Arc<dyn GuardEvents>>,
+    /// Bytes read before hyper started ([`read_first_head`]), served to it first.
+    prefix: Vec<u8>,
+    prefix_at: usize,
 }
 
 impl<S> std::fmt::Debug for Guarded<S> {
@@ -500,7 +576,17 @@ impl<S> Guarded<S> {
             budget: None,
             slot: None,
             events: None,
+            prefix: Vec::new(),
+            prefix_at: 0,
         }
+    }
+
+    /// Serves `prefix` (bytes already read from `inner`) before reading more; they go through
+    /// the framing checks like any other bytes.
+    pub fn with_prefix(mut self, prefix: Vec<u8>) -> Self {
+        self.prefix = prefix;
+        self.prefix_at = 0;
+        self
     }
 
     /// Charges unfinished heads to `budget`.
@@ -711,13 +797,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             }
             return Poll::Ready(Ok(0));
         }
-        let n = match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(n)) => n,
-            other => return other,
+        let n = if this.prefix_at < this.prefix.len() {
+            let rest = &this.prefix[this.prefix_at..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            this.prefix_at += n;
+            if this.prefix_at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.prefix_at = 0;
+            }
+            n
+        } else {
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            }
         };
         let refused = this.observe_at(&buf[..n]);
         if let Some(budget) = &this.budget {
-            let held = if refused.is_some() { 0 } else { this.unfinished_head() };
+            let held = if refused.is_some() { 0 } else { hyper_buffer_cost(this.unfinished_head()) };
             if held > 0 || this.slot.is_some() {
                 budget.charge(&mut this.slot, held, cx.waker());
             }
@@ -788,18 +886,18 @@ mod tests {
         let waker = Waker::noop();
         let mut slots: Vec<Option<(u64, Arc<Holder>)>> = (0..4).map(|_| None).collect();
         for slot in &mut slots[..3] {
-            budget.charge(slot, 100, waker);
+            budget.charge(slot, hyper_buffer_cost(100), waker);
         }
         assert_eq!(budget.used(), 3 * READ_BUFFER_MIN, "a small head is charged hyper's whole buffer");
         assert_eq!(budget.shed_total(), 0);
         // A fourth unfinished head: the oldest holder goes.
-        budget.charge(&mut slots[3], 100, waker);
+        budget.charge(&mut slots[3], hyper_buffer_cost(100), waker);
         let shed: Vec<bool> =
             slots.iter().map(|s| s.as_ref().is_some_and(|(_, h)| h.shed.load(Ordering::Relaxed))).collect();
         assert_eq!(shed, [true, false, false, false]);
         assert_eq!((budget.used(), budget.shed_total()), (3 * READ_BUFFER_MIN, 1));
         // A head that grows is charged what it holds; the oldest remaining holder goes next.
-        budget.charge(&mut slots[3], 2 * READ_BUFFER_MIN, waker);
+        budget.charge(&mut slots[3], hyper_buffer_cost(2 * READ_BUFFER_MIN - 1), waker);
         assert!(slots[1].as_ref().is_some_and(|(_, h)| h.shed.load(Ordering::Relaxed)));
         assert_eq!(budget.used(), 3 * READ_BUFFER_MIN);
         // Finished heads release their charge; the shed ones hold nothing.
@@ -808,6 +906,26 @@ mod tests {
         }
         assert_eq!(budget.used(), 0);
         assert!(budget.holders.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_first_head_is_read_whole_and_charged_while_it_waits() {
+        let budget = HeadBudget::new(1 << 20);
+        for (input, want) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next"[..], &b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next"[..]),
+            (b"\r\n\r\nGET / HTTP/1.1\n\n", b"\r\n\r\nGET / HTTP/1.1\n\n"),
+            (b"GET / HTTP/1.1\r\nHost: a", b"GET / HTTP/1.1\r\nHost: a"),
+        ] {
+            let mut stream = input;
+            let got = smol::block_on(read_first_head(&mut stream, &budget, 8192)).expect("read");
+            assert_eq!(got, want);
+            assert_eq!(budget.used(), 0, "released once read");
+        }
+        // Byte by byte, the end of the head is found where it is.
+        let mut start = None;
+        let head = b"\r\nGET / HTTP/1.1\r\nA: b\r\n\r\n";
+        let ends: Vec<usize> = (1..=head.len()).filter(|&n| head_complete(&head[..n], n - 1, &mut start)).collect();
+        assert_eq!(ends, [head.len()]);
     }
 
     #[test]

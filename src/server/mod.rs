@@ -1146,15 +1146,41 @@ pub async fn serve(
     }
 }
 
-async fn connection<S>(gw: Arc<Gateway>, stream: S, peer: SocketAddr, role: Role, shutdown: Shutdown)
+async fn connection<S>(gw: Arc<Gateway>, mut stream: S, peer: SocketAddr, role: Role, shutdown: Shutdown)
 where
     S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &gw.config.server;
+    // The first head is read before hyper starts: a client that is slow to send it (or sends
+    // nothing) holds the bytes it sent, charged to the head budget, and not hyper's buffers.
+    let max_head = cfg.max_header_bytes as usize;
+    let head_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
+    let first = smol::future::or(
+        async { Some(guard::read_first_head(&mut stream, &gw.head_budget, max_head).await) },
+        async {
+            smol::future::or(smol::Timer::after(head_timeout), async {
+                shutdown.wait().await;
+                Instant::now()
+            })
+            .await;
+            None
+        },
+    )
+    .await;
+    let prefix = match first {
+        Some(Ok(prefix)) => prefix,
+        Some(Err(guard::FirstHead::Shed)) => {
+            log::debug!("connection {peer}: unfinished head shed (head memory budget)");
+            return;
+        }
+        // No head in time (slowloris, an idle connection), or shutting down: close.
+        None => return,
+    };
     let events =
         Arc::new(ConnEvents { gw: Arc::clone(&gw), peer, last_line: std::sync::Mutex::new(Vec::new()) });
-    let mut guarded =
-        guard::Guarded::new(stream, cfg.max_header_bytes as usize).with_budget(Arc::clone(&gw.head_budget));
+    let mut guarded = guard::Guarded::new(stream, max_head)
+        .with_prefix(prefix)
+        .with_budget(Arc::clone(&gw.head_budget));
     if role != Role::Admin {
         guarded = guarded.with_events(Arc::clone(&events) as Arc<dyn guard::GuardEvents>);
     }
