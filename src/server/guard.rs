@@ -912,7 +912,10 @@ mod tests {
     fn a_first_head_is_read_whole_and_charged_while_it_waits() {
         let budget = HeadBudget::new(1 << 20);
         for (input, want) in [
-            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next"[..], &b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next"[..]),
+            (
+                &b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next"[..],
+                &b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /next"[..],
+            ),
             (b"\r\n\r\nGET / HTTP/1.1\n\n", b"\r\n\r\nGET / HTTP/1.1\n\n"),
             (b"GET / HTTP/1.1\r\nHost: a", b"GET / HTTP/1.1\r\nHost: a"),
         ] {
@@ -924,7 +927,8 @@ mod tests {
         // Byte by byte, the end of the head is found where it is.
         let mut start = None;
         let head = b"\r\nGET / HTTP/1.1\r\nA: b\r\n\r\n";
-        let ends: Vec<usize> = (1..=head.len()).filter(|&n| head_complete(&head[..n], n - 1, &mut start)).collect();
+        let ends: Vec<usize> =
+            (1..=head.len()).filter(|&n| head_complete(&head[..n], n - 1, &mut start)).collect();
         assert_eq!(ends, [head.len()]);
     }
 

@@ -785,7 +785,9 @@ impl Gateway {
                 return Err(Refusal::BadBody(e.to_string()));
             }
             Err(e) => {
-                log::warn!("{} {}: {e}", record.method, path);
+                if let Some(n) = upstream::BACKEND_WARNINGS.admit() {
+                    log::warn!("{} {}: {e}{}", record.method, path, upstream::suppressed_note(n));
+                }
                 return Err(Refusal::Upstream(e));
             }
         };
@@ -1178,9 +1180,8 @@ where
     };
     let events =
         Arc::new(ConnEvents { gw: Arc::clone(&gw), peer, last_line: std::sync::Mutex::new(Vec::new()) });
-    let mut guarded = guard::Guarded::new(stream, max_head)
-        .with_prefix(prefix)
-        .with_budget(Arc::clone(&gw.head_budget));
+    let mut guarded =
+        guard::Guarded::new(stream, max_head).with_prefix(prefix).with_budget(Arc::clone(&gw.head_budget));
     if role != Role::Admin {
         guarded = guarded.with_events(Arc::clone(&events) as Arc<dyn guard::GuardEvents>);
     }

@@ -7,14 +7,14 @@
 //! gateway must not repeat it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::server::io::HyperIo;
 use hyper::client::conn::http1::SendRequest;
 use smol::Executor;
 use smol::net::TcpStream;
-use crate::server::io::HyperIo;
 
 use crate::bundle::model::{EndpointKind, EndpointUrl, Endpoints};
 
@@ -40,6 +40,49 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Failed(e) => write!(f, "backend connection failed: {e}"),
         }
     }
+}
+
+/// At most one backend warning a second reaches the log (journald, on flash): a flapping backend
+/// under load would otherwise write thousands of lines a minute. The rest are counted and the
+/// count is said in the next line that gets through; `gatelet_backend_errors_total` counts all.
+#[derive(Debug)]
+pub struct LogLimiter {
+    second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    pub const fn new() -> Self {
+        LogLimiter { second: AtomicU64::new(u64::MAX), suppressed: AtomicU64::new(0) }
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line may be logged now.
+    pub fn admit(&self) -> Option<u64> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = self.second.load(Ordering::Relaxed);
+        if last != now
+            && self.second.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        LogLimiter::new()
+    }
+}
+
+/// Backend connection and forwarding warnings.
+pub static BACKEND_WARNINGS: LogLimiter = LogLimiter::new();
+
+/// " (N similar lines suppressed)" when N > 0.
+pub fn suppressed_note(n: u64) -> String {
+    if n == 0 { String::new() } else { format!(" ({n} similar lines suppressed)") }
 }
 
 /// Resolves `timeout` after the request body has been sent. While the client is still sending
@@ -221,7 +264,9 @@ impl Upstreams {
                     None => match self.connect(&url).await {
                         Ok(s) => s,
                         Err(e) => {
-                            log::warn!("backend {raw}: {e}");
+                            if let Some(suppressed) = BACKEND_WARNINGS.admit() {
+                                log::warn!("backend {raw}: {e}{}", suppressed_note(suppressed));
+                            }
                             last_err = format!("{raw}: {e}");
                             break;
                         }
@@ -281,4 +326,22 @@ fn retarget(
     let value = hyper::header::HeaderValue::from_str(&host).map_err(|e| e.to_string())?;
     req.headers_mut().insert(hyper::header::HOST, value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_warning_a_second_and_a_count_of_the_rest() {
+        let l = LogLimiter::new();
+        assert_eq!(l.admit(), Some(0));
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
+        // The next second (set back by hand rather than waited for).
+        l.second.store(0, Ordering::Relaxed);
+        assert_eq!(l.admit(), Some(2));
+        assert_eq!(suppressed_note(2), " (2 similar lines suppressed)");
+        assert_eq!(suppressed_note(0), "");
+    }
 }

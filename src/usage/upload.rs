@@ -29,12 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::server::io::HyperIo;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode, Uri};
 use smol::future::FutureExt as _;
-use crate::server::io::HyperIo;
 
 use super::UsageError;
 use super::config::UsageConfig;
