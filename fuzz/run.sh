@@ -59,7 +59,7 @@ done
 for t in "${failed[@]}"; do
   echo
   echo "==> $t crashed:"
-  grep -E "panicked at|^  (left|right):|assertion|SUMMARY|Test unit written" "target/run-logs/$t.log" | head -12 | cut -c1-400
+  grep -E "panicked at|^ +(left|right):|assertion|SUMMARY|Test unit written" "target/run-logs/$t.log" | head -12 | cut -c1-400 || true
   artifact=$(sed -n 's/.*Test unit written to //p' "target/run-logs/$t.log" | tail -1)
   echo "replay: fuzz/$bin/$t fuzz/$artifact"
   echo "then save the input under tests/data/fuzz/$t/ (see fuzz/README.md) and fix it"
