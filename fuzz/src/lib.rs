@@ -425,6 +425,9 @@ pub fn route(data: &[u8]) {
     assert_eq!(router::normalize_path(&path).as_deref(), Ok(path.as_str()), "not idempotent on {raw:?}");
     assert!(path.starts_with('/') && path.is_ascii(), "{path:?}");
     assert!(path == "/" || !path.ends_with('/'), "trailing slash kept: {path:?}");
+    // A path parameter is refused, never routed: servlet backends would strip it and serve
+    // another resource than the one routed (`/admin;x/users`).
+    assert!(!path.contains(';'), "path parameter routed: {path:?} from {raw:?}");
     for seg in path[1..].split('/') {
         assert!(path == "/" || !seg.is_empty(), "empty segment in {path:?} from {raw:?}");
         assert!(seg != "." && seg != "..", "dot segment in {path:?} from {raw:?}");
