@@ -1069,3 +1069,49 @@ fn refusals_before_the_pipeline_leave_a_record_and_a_count() {
     assert!(records.iter().all(|r| r["client_ip"] == "127.0.0.1" && r["api"].is_null()));
     assert!(records.iter().any(|r| r["resource"] == "/shop/1.0.0/items"), "{records:#?}");
 }
+
+#[test]
+fn a_backend_that_stops_taking_the_body_times_out() {
+    // A backend that accepts and never reads nor answers.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sink_addr = sink.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in sink.incoming() {
+            held.push(s);
+        }
+    });
+    let f = Fixture::new("sinkbackend");
+    std::fs::write(
+        f.dir.join("project/apis/sink.yaml"),
+        format!(
+            "openapi: 3.0.3\ninfo: {{title: Sink, version: '1'}}\nx-wso2-basePath: /sink/{{version}}\n\
+             x-wso2-production-endpoints: {{urls: [\"http://{sink_addr}/\"]}}\nx-wso2-disable-security: true\n\
+             paths:\n  /upload:\n    post: {{responses: {{'200': {{description: ok}}}}}}\n"
+        ),
+    )
+    .expect("write");
+    let (running, gw, admin) = start(&f, 10, "max_body_bytes = 67108864");
+    let mut s = TcpStream::connect(gw).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let len = 48 * 1024 * 1024;
+    write!(s, "POST /sink/1/upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {len}\r\n\r\n")
+        .expect("write");
+    let mut writer = s.try_clone().expect("clone");
+    let closer = s.try_clone().expect("clone");
+    // The client keeps sending (more than loopback buffers hold); it is the backend that stops.
+    std::thread::spawn(move || {
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..(len / chunk.len()) {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let r = read_response(&mut BufReader::new(s)).expect("an answer, not a hang");
+    assert_eq!((r.status, r.fault_code()), (504, 101504), "{}", String::from_utf8_lossy(&r.body));
+    let _ = closer.shutdown(std::net::Shutdown::Both); // the gateway may have closed it already
+    let metrics = String::from_utf8(get(admin, "/metrics", None).body).expect("text");
+    assert!(metrics.contains("gatelet_backend_timeouts_total 1"), "{metrics}");
+    running.shutdown();
+}

@@ -62,6 +62,9 @@ pub struct Meter {
     pub stalled: AtomicBool,
     /// When the body ended (completely, by failure, or dropped).
     pub done_at: OnceLock<Instant>,
+    /// The last poll found no bytes from the sender: the body waits on the client (not on the
+    /// backend taking what was sent).
+    pub waiting_on_sender: AtomicBool,
 }
 
 /// Counts the bytes of `inner`, fails with [`TooLarge`] past `limit`, and calls `done` once with
@@ -129,6 +132,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.meter.waiting_on_sender.store(polled.is_pending(), Ordering::Relaxed);
         if let Some((timeout, timer)) = &mut this.idle {
             if polled.is_pending() {
                 let t = timer.get_or_insert_with(|| smol::Timer::after(*timeout));

@@ -87,26 +87,37 @@ pub fn suppressed_note(n: u64) -> String {
 
 /// Resolves `timeout` after the request body has been sent. While the client is still sending
 /// it, the backend is not late: a client that stalls is stopped by its own idle timeout (and it
-/// is the client's fault, not the backend's).
+/// is the client's fault, not the backend's). A backend that stops taking the body (no bytes
+/// move for `timeout` while the client has more) is late, like one that does not answer.
 async fn response_deadline(timeout: Duration, body: &Meter) {
+    let mut seen = body.bytes.load(Ordering::Relaxed);
     loop {
-        match body.done_at.get() {
-            Some(done) => {
-                smol::Timer::at(*done + timeout).await;
-                return;
-            }
-            None => {
-                smol::Timer::after(timeout).await;
-            }
+        if let Some(done) = body.done_at.get() {
+            smol::Timer::at(*done + timeout).await;
+            return;
         }
+        smol::Timer::after(timeout).await;
+        let now = body.bytes.load(Ordering::Relaxed);
+        let waiting_on_client = body.waiting_on_sender.load(Ordering::Relaxed);
+        if body.done_at.get().is_none() && now == seen && !waiting_on_client {
+            return;
+        }
+        seen = now;
     }
+}
+
+/// A backend connection: the request side, and the switch that closes it if a request on it
+/// is abandoned (the connection's task would otherwise wait on the backend forever).
+struct Conn {
+    sender: SendRequest<ProxyBody>,
+    abort: smol::channel::Sender<()>,
 }
 
 type PoolKey = (bool, String, u16);
 
 /// Connections to every backend, shared by all requests (and kept across bundle swaps).
 pub struct Upstreams {
-    pools: Mutex<HashMap<PoolKey, Vec<SendRequest<ProxyBody>>>>,
+    pools: Mutex<HashMap<PoolKey, Vec<Conn>>>,
     pool_size: usize,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -151,27 +162,27 @@ impl Upstreams {
         self.pools.lock().map(|p| p.values().map(Vec::len).sum()).unwrap_or(0)
     }
 
-    fn take_idle(&self, key: &PoolKey) -> Option<SendRequest<ProxyBody>> {
+    fn take_idle(&self, key: &PoolKey) -> Option<Conn> {
         let mut pools = self.pools.lock().ok()?;
         let list = pools.get_mut(key)?;
-        while let Some(s) = list.pop() {
-            if s.is_ready() {
-                return Some(s);
+        while let Some(c) = list.pop() {
+            if c.sender.is_ready() {
+                return Some(c);
             }
         }
         None
     }
 
-    fn put_idle(self: &Arc<Self>, key: PoolKey, mut sender: SendRequest<ProxyBody>) {
+    fn put_idle(self: &Arc<Self>, key: PoolKey, mut conn: Conn) {
         // Wait until the response has been read to the end, then offer the connection back.
         let this = Arc::clone(self);
         self.executor
             .spawn(async move {
-                if sender.ready().await.is_ok() {
+                if conn.sender.ready().await.is_ok() {
                     if let Ok(mut pools) = this.pools.lock() {
                         let list = pools.entry(key).or_default();
                         if list.len() < this.pool_size {
-                            list.push(sender);
+                            list.push(conn);
                         }
                     }
                 }
@@ -179,7 +190,7 @@ impl Upstreams {
             .detach();
     }
 
-    async fn connect(&self, url: &EndpointUrl) -> Result<SendRequest<ProxyBody>, String> {
+    async fn connect(&self, url: &EndpointUrl) -> Result<Conn, String> {
         let addr = (url.host.as_str(), url.port);
         let connect = async {
             let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -206,20 +217,29 @@ impl Upstreams {
         }
     }
 
-    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<ProxyBody>, String>
+    async fn handshake<S>(&self, stream: S) -> Result<Conn, String>
     where
         S: smol::io::AsyncRead + smol::io::AsyncWrite + Send + Unpin + 'static,
     {
         let (sender, conn) =
             hyper::client::conn::http1::handshake(HyperIo::new(stream)).await.map_err(|e| e.to_string())?;
+        let (abort, aborted) = smol::channel::bounded::<()>(1);
+        // The task holds a sender too, so only an explicit `close` (not a drop) ends it early.
+        let keep_open = abort.clone();
         self.executor
             .spawn(async move {
-                if let Err(e) = conn.await {
+                let _keep_open = keep_open;
+                let ended = smol::future::or(async { conn.await.map_err(|e| e.to_string()) }, async {
+                    let _ = aborted.recv().await;
+                    Err("abandoned: the backend did not answer in time".to_owned())
+                })
+                .await;
+                if let Err(e) = ended {
                     log::debug!("backend connection closed: {e}");
                 }
             })
             .detach();
-        Ok(sender)
+        Ok(Conn { sender, abort })
     }
 
     /// Picks the URL order for one request: failover tries the list in order; load balancing
@@ -259,7 +279,7 @@ impl Upstreams {
             let key: PoolKey = (url.tls, url.host.clone(), url.port);
             for fresh in [false, true] {
                 let pooled = if fresh { None } else { self.take_idle(&key) };
-                let mut sender = match pooled {
+                let mut conn = match pooled {
                     Some(s) => s,
                     None => match self.connect(&url).await {
                         Ok(s) => s,
@@ -278,15 +298,21 @@ impl Upstreams {
                 if let Err(e) = retarget(&mut req, &url, resource, query) {
                     return Err(UpstreamError::Failed(e));
                 }
-                let response = smol::future::or(async { Some(sender.try_send_request(req).await) }, async {
-                    response_deadline(self.response_timeout, body).await;
-                    None
-                })
-                .await;
+                let response =
+                    smol::future::or(async { Some(conn.sender.try_send_request(req).await) }, async {
+                        response_deadline(self.response_timeout, body).await;
+                        None
+                    })
+                    .await;
                 match response {
-                    None => return Err(UpstreamError::Timeout),
+                    None => {
+                        // The request may be stuck half-sent: close the connection, which also
+                        // releases the client's body it was carrying.
+                        conn.abort.close();
+                        return Err(UpstreamError::Timeout);
+                    }
                     Some(Ok(resp)) => {
-                        self.put_idle(key, sender);
+                        self.put_idle(key, conn);
                         return Ok(resp);
                     }
                     Some(Err(mut e)) => match e.take_message() {
