@@ -463,15 +463,23 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
         )?;
     }
 
-    let base = root.get("x-wso2-basePath").ok_or_else(|| {
-        doc.fail(&[], "missing x-wso2-basePath (the context the gateway serves this API under)")
-    })?;
-    let base =
-        base.as_str().ok_or_else(|| doc.fail(&["x-wso2-basePath"], "x-wso2-basePath is not a string"))?;
+    // The context: x-wso2-basePath, else (as Microgateway does) the path of servers[0] (OpenAPI 3)
+    // or basePath (Swagger 2).
+    let (base, base_at): (String, &[&str]) = match root.get("x-wso2-basePath") {
+        Some(b) => (
+            b.as_str()
+                .ok_or_else(|| doc.fail(&["x-wso2-basePath"], "x-wso2-basePath is not a string"))?
+                .to_owned(),
+            &["x-wso2-basePath"],
+        ),
+        None => {
+            let (path, at) = context_fallback(&doc, root, swagger2)?;
+            (path, at)
+        }
+    };
     let context = base.replace("{version}", &version);
     let context = context.trim_end_matches('/').to_owned();
-    model::check_context(&context)
-        .map_err(|e| doc.fail(&["x-wso2-basePath"], format!("x-wso2-basePath: {e}")))?;
+    model::check_context(&context).map_err(|e| doc.fail(base_at, format!("{}: {e}", base_at[0])))?;
 
     let tier = tier_field(&doc, root, &["x-wso2-throttling-tier"], policies)?;
     let disable_security = bool_field(&doc, root, "x-wso2-disable-security", &[])?.unwrap_or(false);
@@ -599,6 +607,17 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
         && api.sandbox.is_none()
         && api.operations.iter().any(|o| o.production.is_none() && o.sandbox.is_none());
     if no_endpoint {
+        if let Some(url) =
+            (!swagger2).then(|| first_server_url(root)).flatten().filter(|u| u.starts_with('/'))
+        {
+            return Err(doc.fail(
+                &["servers"],
+                format!(
+                    "no endpoint: servers[0] is a relative URL ({url}), which gives the context, not a \
+                     backend; name the backend in x-wso2-production-endpoints"
+                ),
+            ));
+        }
         return Err(doc.fail(&[], "no endpoint: give x-wso2-production-endpoints (or servers)"));
     }
     Ok(api)
@@ -738,6 +757,55 @@ fn lookup_endpoint(root: &Value, name: &str) -> Option<Value> {
     }
 }
 
+/// `servers[0].url` with its variables filled from their defaults (OpenAPI 3).
+fn first_server_url(root: &Map<String, Value>) -> Option<String> {
+    let server = root.get("servers")?.as_array()?.first()?;
+    let mut url = server.get("url")?.as_str()?.to_owned();
+    if let Some(vars) = server.get("variables").and_then(Value::as_object) {
+        for (name, var) in vars {
+            if let Some(default) = var.get("default").and_then(Value::as_str) {
+                url = url.replace(&format!("{{{name}}}"), default);
+            }
+        }
+    }
+    Some(url)
+}
+
+/// The context of an API without `x-wso2-basePath`: the path of `servers[0]` (absolute or
+/// relative URL) or Swagger 2's `basePath`, and where it was found.
+fn context_fallback(
+    doc: &Doc,
+    root: &Map<String, Value>,
+    swagger2: bool,
+) -> Result<(String, &'static [&'static str]), ProjectError> {
+    let missing = |what: &str| {
+        doc.fail(
+            &[],
+            format!(
+                "no x-wso2-basePath, and {what} to take the context from (the path the gateway serves \
+                 this API under)"
+            ),
+        )
+    };
+    if swagger2 {
+        let base = root.get("basePath").and_then(Value::as_str).ok_or_else(|| missing("no basePath"))?;
+        return Ok((base.to_owned(), &["basePath"]));
+    }
+    let url = first_server_url(root).ok_or_else(|| missing("no servers[0].url"))?;
+    let path = if url.starts_with('/') {
+        url.clone()
+    } else {
+        // scheme://authority/path?query: the path, or "/" when there is none.
+        let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let path_and_more = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+        path_and_more.split(['?', '#']).next().unwrap_or("").to_owned()
+    };
+    if path.is_empty() || path == "/" {
+        return Err(missing(&format!("servers[0].url ({url}) has no path")));
+    }
+    Ok((path, &["servers"]))
+}
+
 fn server_fallback(
     doc: &Doc,
     root: &Map<String, Value>,
@@ -754,16 +822,12 @@ fn server_fallback(
         let base = root.get("basePath").and_then(Value::as_str).unwrap_or("");
         format!("{scheme}://{host}{base}")
     } else {
-        let Some(url) = root
-            .get("servers")
-            .and_then(Value::as_array)
-            .and_then(|s| s.first())
-            .and_then(|s| s.get("url"))
-            .and_then(Value::as_str)
-        else {
+        let Some(url) = first_server_url(root) else { return Ok(None) };
+        // A relative URL is a path on the gateway (the context), not a backend.
+        if url.starts_with('/') {
             return Ok(None);
-        };
-        url.to_owned()
+        }
+        url
     };
     model::EndpointUrl::parse(&url).map_err(|e| {
         doc.fail(
@@ -903,10 +967,14 @@ fn scopes_of(
                 SchemeKind::Jwt => {
                     if def.get("type").and_then(Value::as_str) == Some("oauth2") {
                         let declared = declared_scopes(def);
-                        if let Some(s) = list.iter().find(|s| !declared.contains(s)) {
-                            return Err(doc.fail(
-                                at,
-                                format!("scope {s:?} is not declared in security scheme {scheme:?}"),
+                        // WSO2 accepts a scope its scheme does not declare; so does gatelet,
+                        // with a warning (it is most often a typo).
+                        for s in list.iter().filter(|s| !declared.contains(s)) {
+                            let line = locate(&doc.text, at).map_or(String::new(), |l| format!(":{l}"));
+                            warnings.push(format!(
+                                "{}{line}: scope {s:?} is not declared in security scheme {scheme:?}; \
+                                 it is required as written",
+                                doc.file.display()
                             ));
                         }
                     }
@@ -1027,6 +1095,94 @@ components:
         let out = compile(&dir, 1);
         let _ = std::fs::remove_dir_all(&dir);
         out
+    }
+
+    /// A project with one definition, `api`, as written.
+    fn one_api(name: &str, api: &str) -> Result<Compiled, ProjectError> {
+        let dir = std::env::temp_dir().join(format!("gatelet-project-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("apis")).expect("temp dir");
+        std::fs::write(dir.join("gatelet.toml"), "label = \"t\"\n").expect("write");
+        std::fs::write(dir.join("apis/api.yaml"), api).expect("write");
+        let out = compile(&dir, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    const PATHS: &str = "paths:\n  /pets:\n    get:\n      x-wso2-disable-security: true\n      responses: {'200': {description: ok}}\n";
+
+    #[test]
+    fn without_x_wso2_base_path_the_context_comes_from_servers_or_base_path() {
+        // OpenAPI 3, absolute server URL with variables filled from their defaults: context and
+        // backend both come from it.
+        let c = one_api(
+            "srv-abs",
+            &format!(
+                "openapi: 3.0.3\ninfo: {{title: Pets, version: 1.0.0}}\nservers:\n  - url: 'http://{{host}}:8080/api/{{v}}'\n\
+                 \x20   variables: {{host: {{default: backend.local}}, v: {{default: v3}}}}\n{PATHS}"
+            ),
+        )
+        .expect("builds");
+        let api = &c.manifest.apis[0];
+        assert_eq!(api.context, "/api/v3");
+        assert_eq!(
+            api.production.as_ref().map(|e| e.urls.clone()),
+            Some(vec!["http://backend.local:8080/api/v3".to_owned()])
+        );
+        // A relative server URL is the context; the backend comes from the extension.
+        let c = one_api(
+            "srv-rel",
+            &format!(
+                "openapi: 3.0.3\ninfo: {{title: Pets, version: 1.0.0}}\nservers: [{{url: /api/v3}}]\n\
+                 x-wso2-production-endpoints: {{urls: ['http://127.0.0.1:9000/v3']}}\n{PATHS}"
+            ),
+        )
+        .expect("builds");
+        assert_eq!(c.manifest.apis[0].context, "/api/v3");
+        // Relative, and no backend: the error says exactly that.
+        let e = one_api(
+            "srv-rel-nobackend",
+            &format!(
+                "openapi: 3.0.3\ninfo: {{title: Pets, version: 1.0.0}}\nservers: [{{url: /api/v3}}]\n{PATHS}"
+            ),
+        )
+        .expect_err("no backend");
+        assert!(
+            e.to_string().contains("relative URL (/api/v3)")
+                && e.to_string().contains("x-wso2-production-endpoints"),
+            "{e}"
+        );
+        // Swagger 2: basePath.
+        let c = one_api(
+            "swagger-base",
+            &format!("swagger: '2.0'\ninfo: {{title: Pets, version: 1.0.0}}\nhost: 127.0.0.1:9000\nbasePath: /v2\nschemes: [http]\n{PATHS}"),
+        )
+        .expect("builds");
+        assert_eq!(c.manifest.apis[0].context, "/v2");
+        // Nothing to take it from.
+        let e = one_api(
+            "no-context",
+            &format!("openapi: 3.0.3\ninfo: {{title: Pets, version: 1.0.0}}\nservers: [{{url: 'http://h:1'}}]\n{PATHS}"),
+        )
+        .expect_err("no context");
+        assert!(e.to_string().contains("no x-wso2-basePath") && e.to_string().contains("has no path"), "{e}");
+        // x-wso2-basePath still wins.
+        let c = one_api(
+            "base-wins",
+            &format!(
+                "openapi: 3.0.3\ninfo: {{title: Pets, version: 1.0.0}}\nx-wso2-basePath: /pets/{{version}}\n\
+                 servers: [{{url: 'http://h:1/other'}}]\n{PATHS}"
+            ),
+        )
+        .expect("builds");
+        assert_eq!(c.manifest.apis[0].context, "/pets/1.0.0");
+    }
+
+    #[test]
+    fn an_undeclared_scope_is_a_warning_and_still_required() {
+        let c = pets("undeclared", "[{oauth2: [admin:pets]}]", "").expect("builds, as WSO2 does");
+        assert_eq!(scopes(&c), [vec!["admin:pets".to_owned()]]);
+        assert!(c.warnings.iter().any(|w| w.contains("\"admin:pets\" is not declared")), "{:?}", c.warnings);
     }
 
     fn scopes(c: &Compiled) -> &[Vec<String>] {

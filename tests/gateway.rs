@@ -1115,3 +1115,39 @@ fn a_backend_that_stops_taking_the_body_times_out() {
     assert!(metrics.contains("gatelet_backend_timeouts_total 1"), "{metrics}");
     running.shutdown();
 }
+
+#[test]
+fn a_definition_without_x_wso2_base_path_is_served_under_its_servers_path() {
+    let f = Fixture::new("nobasepath");
+    let b = f.backend;
+    // WSO2 Microgateway style: the context from a relative servers[0] URL, a scope the scheme
+    // does not declare (a warning, still required).
+    std::fs::write(
+        f.dir.join("project/apis/inventory.yaml"),
+        format!(
+            "openapi: 3.0.3\ninfo: {{title: Inventory, version: '1'}}\nservers: [{{url: /inventory/v1}}]\n\
+             x-wso2-production-endpoints: {{urls: [\"http://{b}/inv\"]}}\n\
+             paths:\n  /items/{{id}}:\n    get:\n      security: [{{oauth: [inventory:read]}}]\n      responses: {{'200': {{description: ok}}}}\n\
+             components:\n  securitySchemes:\n    oauth: {{type: oauth2, flows: {{clientCredentials: {{tokenUrl: https://issuer.test/token, scopes: {{}}}}}}}}\n"
+        ),
+    )
+    .expect("write");
+    let (running, gw, _) = start(&f, 10, "");
+    let sub = |c: &mut serde_json::Map<String, serde_json::Value>| {
+        c.insert(
+            "subscribedAPIs".into(),
+            serde_json::json!([{"name": "Inventory", "version": "1", "subscriptionTier": "Gold"}]),
+        );
+    };
+    let without = f.token(sub);
+    let r = get(gw, "/inventory/v1/items/7", Some(&without));
+    assert_eq!((r.status, r.fault_code()), (403, 900910), "the undeclared scope is still required");
+    let with = f.token(|c| {
+        sub(c);
+        c.insert("scope".into(), "inventory:read".into());
+    });
+    let r = get(gw, "/inventory/v1/items/7", Some(&with));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["uri"], "/inv/items/7");
+    running.shutdown();
+}
