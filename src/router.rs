@@ -4,7 +4,7 @@
 //! routing and for forwarding, so what is checked is what is sent. Contexts are matched longest
 //! first; within an API, literal segments beat `{param}` segments, left to right; then the method.
 
-use crate::bundle::model::{Api, Manifest, Method, Operation};
+use crate::bundle::model::{Api, Manifest, Method, Operation, TemplatePart, template_parts};
 
 /// Longest request path accepted (after the request line's own limits).
 pub const MAX_PATH: usize = 4096;
@@ -173,7 +173,71 @@ struct Template {
 #[derive(Debug, PartialEq)]
 enum Segment {
     Literal(String),
+    /// Literals and parameters inside one segment (`test.{id}`, `{name}.{ext}`).
+    Mixed(Vec<TemplatePart>),
     Param,
+}
+
+impl Segment {
+    fn parse(seg: &str) -> Segment {
+        if !seg.contains('{') {
+            return Segment::Literal(seg.to_owned());
+        }
+        match template_parts(seg) {
+            Ok(parts) if parts == [TemplatePart::Param] => Segment::Param,
+            Ok(parts) => Segment::Mixed(parts),
+            // The bundle's checks refuse such a template; match it literally rather than panic.
+            Err(_) => Segment::Literal(seg.to_owned()),
+        }
+    }
+
+    fn matches(&self, seg: &str) -> bool {
+        match self {
+            Segment::Literal(l) => l == seg,
+            Segment::Param => true,
+            Segment::Mixed(parts) => mixed_matches(parts, seg),
+        }
+    }
+
+    /// Literal beats mixed beats a whole parameter.
+    fn rank(&self) -> u128 {
+        match self {
+            Segment::Literal(_) => 2,
+            Segment::Mixed(_) => 1,
+            Segment::Param => 0,
+        }
+    }
+}
+
+/// Whether `seg` matches literals and parameters (each parameter one or more characters), in
+/// time linear in the segment per part: the set of positions reachable after each part.
+fn mixed_matches(parts: &[TemplatePart], seg: &str) -> bool {
+    let s = seg.as_bytes();
+    let n = s.len();
+    let mut reach = vec![false; n + 1];
+    reach[0] = true;
+    for part in parts {
+        let mut next = vec![false; n + 1];
+        match part {
+            TemplatePart::Literal(l) => {
+                let l = l.as_bytes();
+                for p in (0..=n).filter(|&p| reach[p]) {
+                    if s[p..].starts_with(l) {
+                        next[p + l.len()] = true;
+                    }
+                }
+            }
+            TemplatePart::Param => {
+                if let Some(first) = reach.iter().position(|&r| r) {
+                    for q in next.iter_mut().skip(first + 1) {
+                        *q = true;
+                    }
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[n]
 }
 
 #[derive(Debug)]
@@ -231,10 +295,7 @@ impl Router {
             if t.segments.len() != segs.len() {
                 continue;
             }
-            let matches = t.segments.iter().zip(&segs).all(|(s, p)| match s {
-                Segment::Literal(l) => l == p,
-                Segment::Param => true,
-            });
+            let matches = t.segments.iter().zip(&segs).all(|(s, p)| s.matches(p));
             if !matches {
                 continue;
             }
@@ -267,20 +328,28 @@ impl Router {
     }
 }
 
-/// Literal segments as high bits from the left: `/a/{x}` beats `/{x}/b`.
-fn specificity(t: &Template) -> u128 {
-    t.segments
+/// Segment ranks as digits from the left: `/a/{x}` beats `/{x}/b`, and `/f/{n}.json` beats
+/// `/f/{n}`; between templates that rank alike, the one with more literal characters inside its
+/// segments (`readme.{ext}` over `{name}.{ext}`).
+fn specificity(t: &Template) -> (u128, usize) {
+    let ranks = t.segments.iter().take(63).fold(0u128, |acc, s| (acc << 2) | s.rank());
+    let literal_bytes = t
+        .segments
         .iter()
-        .take(127)
-        .fold(0u128, |acc, s| (acc << 1) | u128::from(matches!(s, Segment::Literal(_))))
+        .map(|s| match s {
+            Segment::Mixed(parts) => {
+                parts.iter().map(|p| if let TemplatePart::Literal(l) = p { l.len() } else { 0 }).sum()
+            }
+            _ => 0,
+        })
+        .sum();
+    (ranks, literal_bytes)
 }
 
 fn templates(api: &Api) -> Vec<Template> {
     let mut out: Vec<Template> = Vec::new();
     for (i, op) in api.operations.iter().enumerate() {
-        let segments: Vec<Segment> = split(&op.path)
-            .map(|s| if s.starts_with('{') { Segment::Param } else { Segment::Literal(s.to_owned()) })
-            .collect();
+        let segments: Vec<Segment> = split(&op.path).map(Segment::parse).collect();
         match out.iter_mut().find(|t| t.segments == segments) {
             Some(t) => t.by_method.push((op.method, i)),
             None => out.push(Template { segments, by_method: vec![(op.method, i)] }),
@@ -299,6 +368,41 @@ pub fn operation(manifest: &Manifest, route: Route) -> Option<(&Api, &Operation)
 mod tests {
     use super::*;
     use crate::bundle::model::*;
+
+    #[test]
+    fn parameters_inside_a_segment() {
+        let m = Manifest {
+            label: String::new(),
+            serial: 1,
+            created_at: 0,
+            issuers: vec![],
+            policies: vec![],
+            apis: vec![api(
+                "/f",
+                vec![
+                    op(Method::Get, "/pet/test.{petId}"),
+                    op(Method::Get, "/files/{name}.{ext}"),
+                    op(Method::Get, "/files/{name}"),
+                    op(Method::Get, "/files/readme.{ext}"),
+                    op(Method::Get, "/files/readme.txt"),
+                ],
+            )],
+            revoked_jti: vec![],
+        };
+        let r = Router::new(&m);
+        let at = |p: &str| r.route(p, "GET").map(|x| x.operation);
+        assert_eq!(at("/f/pet/test.42"), Ok(0));
+        assert_eq!(at("/f/pet/test."), Err(Miss::NotFound), "a parameter is at least one character");
+        assert_eq!(at("/f/pet/42"), Err(Miss::NotFound));
+        assert_eq!(at("/f/files/a.tar.gz"), Ok(1));
+        assert_eq!(at("/f/files/noext"), Ok(2), "a whole-segment parameter when no dot");
+        assert_eq!(at("/f/files/.x"), Ok(2), "an empty name does not match {{name}}.{{ext}}");
+        assert_eq!(at("/f/files/readme.md"), Ok(3), "more literal beats less");
+        assert_eq!(at("/f/files/readme.txt"), Ok(4), "a literal segment beats every template");
+        // Linear work on a long hostile segment.
+        let long = format!("/f/files/{}", "a.".repeat(1500));
+        assert_eq!(at(&long), Ok(1));
+    }
 
     #[test]
     fn normalisation() {

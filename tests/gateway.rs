@@ -1128,6 +1128,7 @@ fn a_definition_without_x_wso2_base_path_is_served_under_its_servers_path() {
             "openapi: 3.0.3\ninfo: {{title: Inventory, version: '1'}}\nservers: [{{url: /inventory/v1}}]\n\
              x-wso2-production-endpoints: {{urls: [\"http://{b}/inv\"]}}\n\
              paths:\n  /items/{{id}}:\n    get:\n      security: [{{oauth: [inventory:read]}}]\n      responses: {{'200': {{description: ok}}}}\n\
+             \x20 /files/{{name}}.{{ext}}:\n    get:\n      x-wso2-disable-security: true\n      responses: {{'200': {{description: ok}}}}\n\
              components:\n  securitySchemes:\n    oauth: {{type: oauth2, flows: {{clientCredentials: {{tokenUrl: https://issuer.test/token, scopes: {{}}}}}}}}\n"
         ),
     )
@@ -1149,5 +1150,9 @@ fn a_definition_without_x_wso2_base_path_is_served_under_its_servers_path() {
     let r = get(gw, "/inventory/v1/items/7", Some(&with));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["uri"], "/inv/items/7");
+    // A path template inside a segment, as OpenAPI allows.
+    let r = get(gw, "/inventory/v1/files/report.csv", None);
+    assert_eq!((r.status, r.json()["uri"].as_str()), (200, Some("/inv/files/report.csv")));
+    assert_eq!(get(gw, "/inventory/v1/files/report", None).status, 404);
     running.shutdown();
 }

@@ -374,6 +374,8 @@ pub fn router_fixture() -> &'static (Manifest, Router) {
                         op(Method::Get, "/items/{id}", &[]),
                         op(Method::Post, "/items", &[]),
                         op(Method::Get, "/items/latest", &[]),
+                        op(Method::Get, "/files/{name}.{ext}", &[]),
+                        op(Method::Get, "/pet/test.{petId}", &[]),
                         op(Method::Get, "/", &[]),
                     ],
                 ),
@@ -397,7 +399,7 @@ pub fn router_fixture() -> &'static (Manifest, Router) {
                 api(
                     "Odd",
                     "1",
-                    "/o;v=1/a.b~c",
+                    "/o,v=1/a.b~c",
                     vec![op(Method::Put, "/{x}/y", &[]), op(Method::Get, "/", &[])],
                 ),
             ],
@@ -454,8 +456,41 @@ pub fn route(data: &[u8]) {
     let want: Vec<&str> = o.path.split('/').filter(|s| !s.is_empty()).collect();
     assert_eq!(got.len(), want.len(), "{path:?} against template {:?}", o.path);
     for (g, w) in got.iter().zip(&want) {
-        assert!(w.starts_with('{') || g == w, "{path:?}: segment {g:?} against {w:?}");
+        assert!(segment_fits(g, w), "{path:?}: segment {g:?} against {w:?}");
     }
+}
+
+/// Whether a request segment fits a template segment, written apart from the router: literal
+/// pieces in order, each `{param}` standing for one or more characters (tried every way).
+fn segment_fits(got: &str, template: &str) -> bool {
+    if !template.contains('{') {
+        return got == template;
+    }
+    // Split into literal pieces; a parameter sits between consecutive pieces.
+    let mut pieces: Vec<(&str, bool)> = Vec::new(); // (literal, followed by a parameter)
+    let mut rest = template;
+    loop {
+        match rest.find('{') {
+            None => {
+                pieces.push((rest, false));
+                break;
+            }
+            Some(i) => {
+                pieces.push((&rest[..i], true));
+                let close = rest[i..].find('}').map_or(rest.len(), |c| i + c + 1);
+                rest = &rest[close..];
+            }
+        }
+    }
+    fn fit(g: &[u8], pieces: &[(&str, bool)]) -> bool {
+        let Some(((lit, param), more)) = pieces.split_first() else { return g.is_empty() };
+        let Some(after) = g.strip_prefix(lit.as_bytes()) else { return false };
+        if !param {
+            return fit(after, more);
+        }
+        (1..=after.len()).any(|k| fit(&after[k..], more))
+    }
+    fit(got.as_bytes(), &pieces)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -638,8 +673,11 @@ pub fn seeds(root: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
         "/svc/1/admin/users;jsessionid=1",
         "/svc/1/public",
         "/svc/1/..;/admin/users",
-        "/o;v=1/a.b~c/z/y",
-        "/o;v=1/a%2Eb~c/",
+        "/shop/1.0.0/files/report.tar.gz",
+        "/shop/1.0.0/files/.x",
+        "/shop/1.0.0/pet/test.42",
+        "/o,v=1/a.b~c/z/y",
+        "/o,v=1/a%2Eb~c/",
         "/../../etc/passwd",
         "//shop//1.0.0//items//7",
         "/shop/1.0.0/items/a%20b%zz",

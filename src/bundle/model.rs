@@ -357,25 +357,98 @@ fn check_path_like(path: &str, templates: bool) -> Result<(), String> {
         if seg == "." || seg == ".." {
             return Err(format!("{path:?} has a dot segment"));
         }
-        if templates && seg.starts_with('{') {
-            let name = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
-            match name {
-                Some(n)
-                    if !n.is_empty()
-                        && n.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') =>
-                {
-                    continue;
+        let literal_ok =
+            |l: &str| l.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,:@=".contains(&b));
+        if templates && (seg.contains('{') || seg.contains('}')) {
+            // `{id}`, or parameters inside a segment as OpenAPI allows (`test.{id}`,
+            // `{name}.{ext}`), with a literal between any two parameters.
+            let parts = template_parts(seg).map_err(|why| format!("{path:?}: segment {seg:?}: {why}"))?;
+            for part in &parts {
+                if let TemplatePart::Literal(l) = part {
+                    if !literal_ok(l) {
+                        return Err(format!(
+                            "{path:?}: segment {seg:?} has characters that need percent-encoding"
+                        ));
+                    }
                 }
-                _ => return Err(format!("{path:?}: a parameter must be a whole segment like {{id}}")),
             }
+            continue;
         }
-        let ok = seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b));
+        // `;` is refused in request paths (path parameters), so a template cannot hold one.
+        let ok = seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&b));
         if !ok {
             return Err(format!("{path:?}: segment {seg:?} has characters that need percent-encoding"));
         }
     }
     Ok(())
+}
+
+/// One part of a path-template segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    /// `{name}`: one or more characters of the request's segment.
+    Param,
+}
+
+/// Most parameters in one segment (`{a}.{b}.{c}.{d}`).
+pub const MAX_PARAMS_PER_SEGMENT: usize = 4;
+
+/// The parts of one template segment: literals and `{name}` parameters, never two parameters
+/// side by side (where one ends would be anyone's guess).
+pub fn template_parts(seg: &str) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = seg;
+    while !rest.is_empty() {
+        match rest.find(['{', '}']) {
+            None => {
+                parts.push(TemplatePart::Literal(rest.to_owned()));
+                break;
+            }
+            Some(i) if rest.as_bytes()[i] == b'}' => return Err("a '}' without its '{'".into()),
+            Some(i) => {
+                if i > 0 {
+                    parts.push(TemplatePart::Literal(rest[..i].to_owned()));
+                }
+                let after = &rest[i + 1..];
+                let end = after.find('}').ok_or("a '{' without its '}'")?;
+                let name = &after[..end];
+                if name.is_empty()
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+                {
+                    return Err(format!("parameter name {name:?}: use letters, digits, '_', '-' or '.'"));
+                }
+                if matches!(parts.last(), Some(TemplatePart::Param)) {
+                    return Err("two parameters with nothing between them".into());
+                }
+                parts.push(TemplatePart::Param);
+                rest = &after[end + 1..];
+            }
+        }
+    }
+    if parts.iter().filter(|p| **p == TemplatePart::Param).count() > MAX_PARAMS_PER_SEGMENT {
+        return Err(format!("more than {MAX_PARAMS_PER_SEGMENT} parameters"));
+    }
+    Ok(parts)
+}
+
+/// A template path with every parameter name blanked (`/a/{}.{}`): two templates with the same
+/// shape match the same requests.
+pub fn template_shape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            c if !in_param => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn check_endpoints(what: &str, ep: &Endpoints) -> Result<(), Invalid> {
@@ -523,12 +596,7 @@ impl Manifest {
                 }
                 // Templates that differ only in parameter names (`/{id}` and `/{name}`) match the
                 // same requests: one would silently shadow the other.
-                let shape: String = op
-                    .path
-                    .split('/')
-                    .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
-                    .collect::<Vec<_>>()
-                    .join("/");
+                let shape = template_shape(&op.path);
                 if !ops.insert((op.method, shape)) {
                     invalid!("{oat}: declared twice (or as a template matching the same paths)");
                 }
@@ -611,11 +679,29 @@ mod tests {
         for bad in ["", "a", "/", "/a/", "//a", "/a/../b", "/a/./b", "/a b", "/a?b", "/a%20"] {
             assert!(check_context(bad).is_err(), "{bad}");
         }
-        for ok in ["/", "/menu", "/order/{orderId}", "/a/{x}/b"] {
+        for ok in [
+            "/",
+            "/menu",
+            "/order/{orderId}",
+            "/a/{x}/b",
+            "/pet/test.{petId}",
+            "/files/{name}.{ext}",
+            "/order/x{id}",
+        ] {
             assert!(check_path_template(ok).is_ok(), "{ok}");
         }
-        for bad in ["/order/{}", "/order/x{id}", "/order/{id", "/a//b"] {
+        for bad in [
+            "/order/{}",
+            "/order/{id",
+            "/order/id}",
+            "/a//b",
+            "/f/{a}{b}",
+            "/f/{a}.{b}.{c}.{d}.{e}",
+            "/a;b",
+            "/f/{a b}",
+        ] {
             assert!(check_path_template(bad).is_err(), "{bad}");
         }
+        assert_eq!(template_shape("/files/{name}.{ext}/x/{id}"), "/files/{}.{}/x/{}");
     }
 }
