@@ -1129,6 +1129,7 @@ fn a_definition_without_x_wso2_base_path_is_served_under_its_servers_path() {
              x-wso2-production-endpoints: {{urls: [\"http://{b}/inv\"]}}\n\
              paths:\n  /items/{{id}}:\n    get:\n      security: [{{oauth: [inventory:read]}}]\n      responses: {{'200': {{description: ok}}}}\n\
              \x20 /files/{{name}}.{{ext}}:\n    get:\n      x-wso2-disable-security: true\n      responses: {{'200': {{description: ok}}}}\n\
+             \x20 /q:\n    get:\n      x-wso2-disable-security: true\n      x-wso2-production-endpoints: {{urls: [\"http://{b}/inv?key=k\"]}}\n      responses: {{'200': {{description: ok}}}}\n\
              components:\n  securitySchemes:\n    oauth: {{type: oauth2, flows: {{clientCredentials: {{tokenUrl: https://issuer.test/token, scopes: {{}}}}}}}}\n"
         ),
     )
@@ -1154,5 +1155,8 @@ fn a_definition_without_x_wso2_base_path_is_served_under_its_servers_path() {
     let r = get(gw, "/inventory/v1/files/report.csv", None);
     assert_eq!((r.status, r.json()["uri"].as_str()), (200, Some("/inv/files/report.csv")));
     assert_eq!(get(gw, "/inventory/v1/files/report", None).status, 404);
+    // An endpoint URL's query comes first, then the caller's.
+    assert_eq!(get(gw, "/inventory/v1/q?a=1", None).json()["uri"], "/inv/q?key=k&a=1");
+    assert_eq!(get(gw, "/inventory/v1/q", None).json()["uri"], "/inv/q?key=k");
     running.shutdown();
 }

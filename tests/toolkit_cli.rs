@@ -284,14 +284,32 @@ fn build_errors_name_the_file_line_and_reason() {
     });
     assert!(err.contains("partner.jwks.json") && err.contains("unsupported key type \"RSA\""), "{err}");
 
-    let err = broken_build("scope", |p| {
-        replace(
-            &p.join("apis/pizzashack.yaml"),
-            "- default: [order:admin]\n      x-wso2",
-            "- default: [order:nuke]\n      x-wso2",
-        )
-    });
-    assert!(err.contains("scope \"order:nuke\" is not declared"), "{err}");
+    // A scope the scheme does not declare builds, as in WSO2, with a warning naming it.
+    let d = tempdir("scope");
+    let project = d.join("project");
+    copy_dir(&example(), &project);
+    replace(
+        &project.join("apis/pizzashack.yaml"),
+        "- default: [order:admin]\n      x-wso2",
+        "- default: [order:nuke]\n      x-wso2",
+    );
+    ok(&gatelet(&["keygen", "--out", s(&d.join("k"))]));
+    let out = gatelet(&[
+        "bundle",
+        "build",
+        s(&project),
+        "--key",
+        s(&d.join("k.key")),
+        "--out",
+        s(&d.join("b.glb")),
+    ]);
+    ok(&out);
+    let warn = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warn.contains("pizzashack.yaml:") && warn.contains("scope \"order:nuke\" is not declared"),
+        "{warn}"
+    );
+    fs::remove_dir_all(&d).expect("cleanup");
 
     let err = broken_build("yaml", |p| replace(&p.join("apis/pizzashack.yaml"), "paths:\n", "paths: [\n"));
     assert!(err.contains("pizzashack.yaml") && err.contains("not valid YAML"), "{err}");

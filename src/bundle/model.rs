@@ -222,7 +222,8 @@ pub struct Cors {
     pub allow_credentials: bool,
 }
 
-/// A backend URL, parsed: `http` or `https`, a host, an optional port, a path prefix.
+/// A backend URL, parsed: `http` or `https`, a host, an optional port, a path prefix, and an
+/// optional query that every forwarded request carries before the caller's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointUrl {
     pub tls: bool,
@@ -230,10 +231,12 @@ pub struct EndpointUrl {
     pub port: u16,
     /// Path prefix without a trailing slash (empty for the root).
     pub path: String,
+    /// The endpoint's query, without `?` (empty when none).
+    pub query: String,
 }
 
 impl EndpointUrl {
-    /// Parses an absolute `http://` or `https://` URL without user info, query or fragment.
+    /// Parses an absolute `http://` or `https://` URL without user info or fragment.
     pub fn parse(url: &str) -> Result<EndpointUrl, String> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
             (false, r)
@@ -245,9 +248,10 @@ impl EndpointUrl {
         if url.bytes().any(|b| b <= b' ' || b == 0x7f || b >= 0x80) {
             return Err(format!("{url:?}: contains spaces or control or non-ASCII characters"));
         }
-        if rest.contains(['?', '#']) {
-            return Err(format!("{url:?}: query and fragment are not allowed in an endpoint"));
+        if rest.contains('#') {
+            return Err(format!("{url:?}: a fragment is never sent to a server"));
         }
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -293,6 +297,7 @@ impl EndpointUrl {
             host: host.to_ascii_lowercase(),
             port,
             path: path.trim_end_matches('/').to_owned(),
+            query: query.to_owned(),
         })
     }
 }
@@ -654,6 +659,10 @@ mod tests {
         assert_eq!((u.tls, u.host.as_str(), u.port), (true, "::1", 443));
         let u = EndpointUrl::parse("http://Backend.local").expect("valid");
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("backend.local", 80, ""));
+        let u = EndpointUrl::parse("http://a:81/api/?key=k&v=2").expect("a query is allowed");
+        assert_eq!((u.path.as_str(), u.query.as_str()), ("/api", "key=k&v=2"));
+        let u = EndpointUrl::parse("http://a?x=1").expect("valid");
+        assert_eq!((u.host.as_str(), u.path.as_str(), u.query.as_str()), ("a", "", "x=1"));
         for bad in [
             "ftp://x",
             "http://",
@@ -661,7 +670,8 @@ mod tests {
             "http://a:0",
             "http://a:99999",
             "http://u:p@a/",
-            "http://a/?q",
+            "http://a/#frag",
+            "http://a/?q#frag",
             "http://a b/",
             "http://[::1",
             "http://a/é",

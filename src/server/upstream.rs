@@ -333,6 +333,17 @@ impl Upstreams {
 /// Points a request at `url`: origin-form URI (the URL's path, then the resource and query) and
 /// the `Host` header. The API root (`/`) under an endpoint with a path is the path itself
 /// (`/ctx` → `http://backend/base`, not `/base/`).
+/// The query a backend receives: the endpoint URL's own parameters first, then the caller's
+/// (`caller` is `?...` or empty). Both are sent as they are; a parameter in both appears twice,
+/// endpoint first.
+fn combined_query(endpoint: &str, caller: &str) -> String {
+    match (endpoint.is_empty(), caller.strip_prefix('?')) {
+        (true, _) => caller.to_owned(),
+        (false, None | Some("")) => format!("?{endpoint}"),
+        (false, Some(c)) => format!("?{endpoint}&{c}"),
+    }
+}
+
 fn retarget(
     req: &mut hyper::Request<ProxyBody>,
     url: &EndpointUrl,
@@ -340,7 +351,7 @@ fn retarget(
     query: &str,
 ) -> Result<(), String> {
     let resource = if resource == "/" && !url.path.is_empty() { "" } else { resource };
-    let path = format!("{}{resource}{query}", url.path);
+    let path = format!("{}{resource}{}", url.path, combined_query(&url.query, query));
     *req.uri_mut() = path.parse().map_err(|e| format!("bad backend URI {path:?}: {e}"))?;
     let default_port = if url.tls { 443 } else { 80 };
     let host = match (url.host.contains(':'), url.port == default_port) {
@@ -357,6 +368,15 @@ fn retarget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_query_comes_first() {
+        assert_eq!(combined_query("", "?a=1"), "?a=1");
+        assert_eq!(combined_query("", ""), "");
+        assert_eq!(combined_query("key=k", ""), "?key=k");
+        assert_eq!(combined_query("key=k", "?"), "?key=k");
+        assert_eq!(combined_query("key=k", "?a=1&key=x"), "?key=k&a=1&key=x");
+    }
 
     #[test]
     fn one_warning_a_second_and_a_count_of_the_rest() {
