@@ -1,4 +1,4 @@
-# Helpers shared by bench/slow_heads.sh and bench/soak.sh (sourced, not run).
+# Helpers shared by bench/pipeline.sh, bench/slow_heads.sh and bench/soak.sh (sourced, not run).
 #
 # They expect `set -euo pipefail`, the repository root as the working directory, and `$work`
 # (a scratch directory the caller removes on exit).

@@ -12,45 +12,16 @@ secs=${1:-10}
 conns=32
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v haproxy >/dev/null || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
-
-cargo build --release --locked --bin gatelet --example bench_backend 2>&1 | tail -1
-t=${CARGO_TARGET_DIR:-target}
-g=$t/release/gatelet
-taskset -c 1 "$t/release/examples/bench_backend" 127.0.0.1:18080 &
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_apt wrk:wrk haproxy:haproxy
+build_release
+g=$gatelet
+taskset -c 1 "$backend" 127.0.0.1:18080 &
 sleep 0.3
 
 # A bundle whose API forwards to the backend, with a tier high enough never to refuse.
-mkdir -p "$work/project/apis" "$work/project/keys"
-$g keygen --out "$work/pub" >/dev/null
-$g keygen --out "$work/iss" >/dev/null
-cp "$work/iss.pub" "$work/project/keys/iss.pub"
-cat > "$work/project/gatelet.toml" <<TOML
-label = "bench"
-[[issuer]]
-name = "bench"
-issuer = "https://bench/"
-keys = ["keys/iss.pub"]
-validate_subscription = true
-[policies.api]
-Huge = { requests = 1000000000, per = "1m" }
-[policies.subscription]
-HugeSub = { requests = 1000000000, per = "1m" }
-TOML
-cat > "$work/project/apis/bench.yaml" <<YAML
-openapi: 3.0.3
-info: {title: Bench, version: "1"}
-x-wso2-basePath: /bench/{version}
-x-wso2-production-endpoints: {urls: ["http://127.0.0.1:18080"]}
-x-wso2-throttling-tier: Huge
-paths:
-  /hello:
-    get: {responses: {'200': {description: ok}}}
-YAML
-$g bundle build "$work/project" --key "$work/pub.key" --out "$work/bundle.glb" --serial 1 >/dev/null
+make_bundle 18080
 cat > "$work/gatelet.toml" <<TOML
 [server]
 listen = "127.0.0.1:18090"
@@ -65,7 +36,7 @@ dir = "$work/state"
 [log]
 level = "warn"
 TOML
-token=$($g token mint --key "$work/iss.key" --issuer https://bench/ --subject bench --api Bench:1 --tier HugeSub --app-id a1 --ttl 3600)
+token=$(cat "$work/token")
 taskset -c 0 $g run --config "$work/gatelet.toml" &
 sleep 0.5
 curl -sf -H "Authorization: Bearer $token" http://127.0.0.1:18090/bench/1/hello >/dev/null

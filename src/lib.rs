@@ -3,20 +3,28 @@
 //! # The path of a request
 //!
 //! ```text
-//!  client ─► server::serve: accept (max_connections, TCP_NODELAY, TLS 1.2+)
-//!         ─► server::guard: smuggling shapes (CL+TE, odd codings, obs-fold) → 400 + close
-//!         ─► hyper HTTP/1.1 on smol: head timeout, head size (431)
-//!         ─► Gateway::handle ─► router: normalise path once; longest context, template, method (404/405)
+//!  client ─► server::serve: accept (max_connections, TCP_NODELAY, TLS 1.3/1.2 by server::tls)
+//!         ─► server::guard: first head read before hyper starts, charged to the head budget;
+//!                           smuggling shapes (CL+TE, odd codings, obs-fold, bad chunks) → 400
+//!         ─► hyper HTTP/1.1 on smol (server::io): head timeout, head size (431)
+//!         ─► Gateway::handle ─► Host rules (400); router: normalise path once (`;` → 400);
+//!                               longest context, template, method (404/405)
 //!                            ─► token: self-contained EdDSA JWT, cached, no network (401/403)
 //!                            ─► throttle: fixed in-memory buckets, counted before forwarding (429)
-//!                            ─► server::upstream: pooled HTTP/1.1 to the backend (502/504)
+//!                            ─► server::forwarded: X-Forwarded-*/Forwarded/X-Real-IP set by gatelet
+//!                            ─► server::upstream: pooled HTTP/1.1 to the backend (502/504);
+//!                               a broken or stalled client body is the client's (400/408)
 //!                            ─► response streams back; when it ends, a usage record
 //!         ─► usage: bounded queue ─► gzip NDJSON spool on flash ─► upload or `usage export`
 //! ```
 //!
+//! Every refusal, including those made before the pipeline (guard, hyper's parser), leaves one
+//! usage record and a `gatelet_requests_total` count.
+//!
 //! Where does a request get throttled? In [`server::Gateway::handle`], after authentication and
 //! before forwarding, by [`throttle::Throttle::check`]. Where does a refusal become a status and
-//! a fault body? In one place, `Gateway::fault` (src/server/mod.rs).
+//! a fault body? In one place, `Gateway::fault` (src/server/mod.rs), except the framing guard's
+//! own 400 and hyper's 400/431, which are answered before the pipeline sees the request.
 //!
 //! Everything a device runs comes from one verified [`bundle::Bundle`]: it exists only after
 //! [`bundle::verify`] checked framing, signature, decoding and every semantic rule, and

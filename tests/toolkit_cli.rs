@@ -220,13 +220,14 @@ fn inspect_lists_every_api_operation_tier_and_issuer() {
 }
 
 /// Copies the example, applies `edit`, builds, and returns stderr of the failed build.
-fn broken_build(name: &str, edit: impl FnOnce(&Path)) -> String {
+/// Builds the example project after `edit`, in a fresh directory (returned with the output).
+fn edited_build(name: &str, edit: impl FnOnce(&Path)) -> (PathBuf, Output) {
     let d = tempdir(name);
     let project = d.join("project");
     copy_dir(&example(), &project);
     edit(&project);
     ok(&gatelet(&["keygen", "--out", s(&d.join("k"))]));
-    let err = fails(&gatelet(&[
+    let out = gatelet(&[
         "bundle",
         "build",
         s(&project),
@@ -234,7 +235,13 @@ fn broken_build(name: &str, edit: impl FnOnce(&Path)) -> String {
         s(&d.join("k.key")),
         "--out",
         s(&d.join("b.glb")),
-    ]));
+    ]);
+    (d, out)
+}
+
+fn broken_build(name: &str, edit: impl FnOnce(&Path)) -> String {
+    let (d, out) = edited_build(name, edit);
+    let err = fails(&out);
     assert!(!d.join("b.glb").exists(), "a failed build left a bundle");
     fs::remove_dir_all(&d).expect("cleanup");
     err
@@ -285,24 +292,13 @@ fn build_errors_name_the_file_line_and_reason() {
     assert!(err.contains("partner.jwks.json") && err.contains("unsupported key type \"RSA\""), "{err}");
 
     // A scope the scheme does not declare builds, as in WSO2, with a warning naming it.
-    let d = tempdir("scope");
-    let project = d.join("project");
-    copy_dir(&example(), &project);
-    replace(
-        &project.join("apis/pizzashack.yaml"),
-        "- default: [order:admin]\n      x-wso2",
-        "- default: [order:nuke]\n      x-wso2",
-    );
-    ok(&gatelet(&["keygen", "--out", s(&d.join("k"))]));
-    let out = gatelet(&[
-        "bundle",
-        "build",
-        s(&project),
-        "--key",
-        s(&d.join("k.key")),
-        "--out",
-        s(&d.join("b.glb")),
-    ]);
+    let (d, out) = edited_build("scope", |p| {
+        replace(
+            &p.join("apis/pizzashack.yaml"),
+            "- default: [order:admin]\n      x-wso2",
+            "- default: [order:nuke]\n      x-wso2",
+        )
+    });
     ok(&out);
     let warn = String::from_utf8_lossy(&out.stderr);
     assert!(

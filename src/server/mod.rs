@@ -429,16 +429,26 @@ impl Gateway {
         let target = parts.next().unwrap_or("");
         let resource = router::normalize_path(target.split('?').next().unwrap_or(""))
             .unwrap_or_else(|_| target.chars().take(256).collect());
-        let active = self.active();
-        usage.record(UsageEvent {
+        let mut record = self.arrived(&self.active(), method, peer);
+        record.resource = resource;
+        record.status = status;
+        record.error_code = code;
+        record.error_detail = Some(detail.to_owned());
+        usage.record(record);
+    }
+
+    /// The usage record of a request as it arrives: when, which, from whom, under which bundle;
+    /// the pipeline fills in the rest.
+    fn arrived(&self, active: &Active, method: String, peer: SocketAddr) -> UsageEvent {
+        UsageEvent {
             ts: Timestamp(usage_ms(active.clock.now())),
             request_id: self.next_request_id(),
             api: None,
             api_version: None,
             context: None,
-            resource,
+            resource: String::new(),
             method,
-            status,
+            status: 0,
             app_id: None,
             app_name: None,
             subscriber: None,
@@ -446,15 +456,15 @@ impl Gateway {
             tier: None,
             throttled: false,
             over_quota: false,
-            error_code: code,
-            error_detail: Some(detail.to_owned()),
+            error_code: None,
+            error_detail: None,
             latency_ms: 0.0,
             backend_latency_ms: None,
             request_bytes: 0,
             response_bytes: 0,
             client_ip: peer.ip().to_string(),
             bundle_serial: active.bundle.serial(),
-        });
+        }
     }
 
     fn next_request_id(&self) -> String {
@@ -569,31 +579,7 @@ impl Gateway {
         let start = Instant::now();
         self.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         let active = self.active();
-        let record = UsageEvent {
-            ts: Timestamp(usage_ms(active.clock.now())),
-            request_id: self.next_request_id(),
-            api: None,
-            api_version: None,
-            context: None,
-            resource: String::new(),
-            method: req.method().as_str().to_owned(),
-            status: 0,
-            app_id: None,
-            app_name: None,
-            subscriber: None,
-            keytype: None,
-            tier: None,
-            throttled: false,
-            over_quota: false,
-            error_code: None,
-            error_detail: None,
-            latency_ms: 0.0,
-            backend_latency_ms: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            client_ip: peer.ip().to_string(),
-            bundle_serial: active.bundle.serial(),
-        };
+        let record = self.arrived(&active, req.method().as_str().to_owned(), peer);
         // From here on the record belongs to a guard: whatever happens to this future (a client
         // that disconnects while the backend works drops it), the in-flight gauge comes back down
         // and the request leaves exactly one usage record.

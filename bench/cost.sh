@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# What one proxied request costs: CPU time and system calls per request, for nginx as a plain
+# keep-alive proxy and for gatelet with its whole pipeline (cached EdDSA token, subscription
+# check, two throttle levels, usage record), in one run on this machine, as ratios to nginx.
+#
+#   bench/cost.sh [seconds per load, default 8]
+#   GATELET_BASELINE=/path/to/other/gatelet bench/cost.sh   # also measure another gatelet build
+#
+# Each proxy runs with one worker pinned to CPU 0; the backend and wrk (1 thread, 32 connections)
+# share CPU 1. CPU per request is the proxy's utime+stime over a load (from /proc) divided by the
+# requests wrk counted. Syscalls per request come from a second, shorter load under
+# `strace -c -f` (strace slows the proxy, so only the count per request is read from it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-8}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_apt wrk:wrk nginx:nginx-light strace:strace
+
+step "build and bundle"
+build_release
+bport=$(free_port)
+taskset -c 1 "$backend" "127.0.0.1:$bport" >/dev/null &
+make_bundle "$bport"
+token=$(cat "$work/token")
+tick=$(getconf CLK_TCK)
+
+# Sum over every thread of the process, so worker threads count.
+proc_ticks() { local t=0 f; for f in /proc/"$1"/task/*/stat; do t=$((t + $(awk '{print $14 + $15}' "$f"))); done; echo "$t"; }
+
+# measure NAME PID URL [wrk args...]: prints and records µs/request and syscalls/request.
+measure() {
+  local name=$1 pid=$2 url=$3; shift 3
+  taskset -c 1 wrk -t1 -c32 -d2s "$@" "$url" >/dev/null # warm-up
+  local before after out reqs
+  before=$(proc_ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" "$@" "$url")
+  after=$(proc_ticks "$pid")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  strace -c -f -p "$pid" -o "$work/$name.strace" &
+  local st=$!
+  sleep 0.5
+  local sout sreqs
+  sout=$(taskset -c 1 wrk -t1 -c32 -d3s "$@" "$url")
+  sreqs=$(awk '/requests in/ {print $1}' <<<"$sout")
+  kill -INT "$st"; wait "$st" 2>/dev/null || true
+  local calls; calls=$(awk '$NF == "total" {print $(NF-1)}' "$work/$name.strace")
+  python3 - "$name" "$before" "$after" "$reqs" "$tick" "$calls" "$sreqs" "$rps" >>"$work/results" <<'PY'
+import sys
+name, b, a, reqs, tick, calls, sreqs, rps = sys.argv[1:]
+us = (int(a) - int(b)) / int(tick) * 1e6 / int(reqs)
+print(f"{name} {us:.1f} {int(calls) / int(sreqs):.1f} {float(rps):.0f}")
+PY
+  tail -1 "$work/results"
+}
+
+step "nginx, plain proxy, upstream keep-alive"
+nport=$(free_port)
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream be { server 127.0.0.1:$bport; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nport;
+    location /bench/1/ { proxy_pass http://be/; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+taskset -c 0 nginx -c "$work/nginx.conf" -g 'daemon off;' &
+sleep 0.5
+npid=$(pgrep -f "nginx: worker process" -n)
+measure nginx "$npid" "http://127.0.0.1:$nport/bench/1/hello"
+kill "$(cat "$work/nginx.pid")"
+
+run_gatelet() { # NAME BINARY
+  local name=$1 bin=$2 gport aport
+  gport=$(free_port); aport=$(free_port)
+  rm -rf "$work/state" "$work/spool"
+  cat >"$work/$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$gport"
+admin_listen = "127.0.0.1:$aport"
+threads = 1
+[bundle]
+path = "$work/bundle.glb"
+trusted_keys = ["$work/pub.pub"]
+inbox = ""
+[state]
+dir = "$work/state"
+[usage]
+spool_dir = "$work/spool"
+[log]
+level = "warn"
+TOML
+  taskset -c 0 "$bin" run --config "$work/$name.toml" &
+  local pid=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null && break; sleep 0.1; done
+  measure "$name" "$pid" "http://127.0.0.1:$gport/bench/1/hello" -H "Authorization: Bearer $token"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+if [ -n "${GATELET_BASELINE:-}" ]; then
+  step "gatelet baseline ($GATELET_BASELINE)"
+  run_gatelet gatelet-baseline "$GATELET_BASELINE"
+fi
+step "gatelet (this build)"
+run_gatelet gatelet "$gatelet"
+
+step "results"
+python3 - "$work/results" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+base = {r[0]: r for r in rows}["nginx"]
+print(f"{'proxy':18} {'req/s':>8} {'CPU µs/req':>11} {'vs nginx':>9} {'syscalls/req':>13} {'vs nginx':>9}")
+for name, us, sc, rps in rows:
+    print(f"{name:18} {rps:>8} {us:>11} {float(us)/float(base[1]):>8.2f}x {sc:>13} {float(sc)/float(base[2]):>8.2f}x")
+PY
