@@ -48,6 +48,9 @@ measure() {
   sreqs=$(awk '/requests in/ {print $1}' <<<"$sout")
   kill -INT "$st"; wait "$st" 2>/dev/null || true
   local calls; calls=$(awk '$NF == "total" {print $(NF-1)}' "$work/$name.strace")
+  if [ -z "$calls" ] || [ "$calls" = 0 ]; then
+    echo "strace counted no system calls of $name (pid $pid)"; cat "$work/$name.strace"; exit 1
+  fi
   python3 - "$name" "$before" "$after" "$reqs" "$tick" "$calls" "$sreqs" "$rps" >>"$work/results" <<'PY'
 import sys
 name, b, a, reqs, tick, calls, sreqs, rps = sys.argv[1:]
@@ -74,10 +77,11 @@ http {
 }
 CONF
 taskset -c 0 nginx -c "$work/nginx.conf" -g 'daemon off;' &
-sleep 0.5
-npid=$(pgrep -f "nginx: worker process" -n)
+nmaster=$!
+for _ in $(seq 50); do npid=$(pgrep -P "$nmaster" || true); [ -n "$npid" ] && break; sleep 0.1; done
+[ -n "$npid" ] || { echo "nginx started no worker"; exit 1; }
 measure nginx "$npid" "http://127.0.0.1:$nport/bench/1/hello"
-kill "$(cat "$work/nginx.pid")"
+kill "$nmaster"; wait "$nmaster" 2>/dev/null || true
 
 run_gatelet() { # NAME BINARY
   local name=$1 bin=$2 gport aport
