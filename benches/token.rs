@@ -27,6 +27,8 @@ fn manifest(key: &SigningKey) -> Manifest {
         scopes: vec![vec![scope.to_owned()]],
         production: None,
         sandbox: None,
+        bearer: true,
+        api_key: false,
     };
     Manifest {
         label: "bench".into(),
@@ -36,11 +38,14 @@ fn manifest(key: &SigningKey) -> Manifest {
             name: "central".into(),
             issuer: ISS.into(),
             audience: Some("gatelet".into()),
-            keys: vec![IssuerKey {
-                kid: keys::jwk_thumbprint(&key.verifying_key()),
-                public_key: key.verifying_key().to_bytes(),
-            }],
+            keys: vec![IssuerKey::ed25519(
+                keys::jwk_thumbprint(&key.verifying_key()),
+                key.verifying_key().to_bytes(),
+            )],
             validate_subscription: true,
+            algorithms: Vec::new(),
+            tokens: true,
+            api_keys: false,
         }],
         policies: vec![],
         apis: vec![Api {
@@ -53,12 +58,19 @@ fn manifest(key: &SigningKey) -> Manifest {
             production: Some(Endpoints {
                 kind: EndpointKind::Single,
                 urls: vec!["http://127.0.0.1:8081".into()],
+                timeout_ms: None,
+                retries: 0,
+                basic_auth: None,
             }),
             sandbox: None,
             cors: None,
             operations: vec![op(Method::Get, "/order/{id}", "order:read")],
+            https_only: false,
+            api_key_locations: Vec::new(),
         }],
         revoked_jti: (0..1000).map(|i| format!("revoked-{i}")).collect(),
+        scope_rule: gatelet::bundle::model::ScopeRule::AllOf,
+        default_subscription_tier: None,
     }
 }
 

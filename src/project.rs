@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::bundle::model::{
     self, Api, Cors, EndpointKind, Endpoints, Issuer, IssuerKey, Manifest, Method, Operation, Policy,
-    PolicyLevel, UNLIMITED,
+    PolicyLevel, ScopeRule, UNLIMITED,
 };
 use crate::keys;
 
@@ -239,7 +239,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
             }
             bump(&mut newest, &path);
             let key = keys::load_verifying_key(&path).map_err(|e| at(e.to_string()))?;
-            ikeys.push(IssuerKey { kid: keys::jwk_thumbprint(&key), public_key: key.to_bytes() });
+            ikeys.push(IssuerKey::ed25519(keys::jwk_thumbprint(&key), key.to_bytes()));
         }
         if let Some(j) = &it.jwks {
             let path = dir.join(j);
@@ -249,7 +249,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
             bump(&mut newest, &path);
             for jk in keys::load_jwks(&path).map_err(|e| at(e.to_string()))? {
                 let kid = jk.kid.unwrap_or_else(|| keys::jwk_thumbprint(&jk.key));
-                ikeys.push(IssuerKey { kid, public_key: jk.key.to_bytes() });
+                ikeys.push(IssuerKey::ed25519(kid, jk.key.to_bytes()));
             }
         }
         issuers.push(Issuer {
@@ -258,6 +258,9 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
             audience: it.audience.clone(),
             keys: ikeys,
             validate_subscription: it.validate_subscription,
+            algorithms: Vec::new(),
+            tokens: true,
+            api_keys: false,
         });
     }
 
@@ -379,6 +382,8 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
         policies,
         apis,
         revoked_jti: revoked,
+        scope_rule: ScopeRule::AllOf,
+        default_subscription_tier: None,
     };
     manifest.check().map_err(|e| err(&toml_path, None, e.0))?;
     Ok(Compiled { manifest, warnings })
@@ -573,6 +578,8 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
                 scopes,
                 production: endpoints_field(&doc, opo, "x-wso2-production-endpoints", &at)?,
                 sandbox: endpoints_field(&doc, opo, "x-wso2-sandbox-endpoints", &at)?,
+                bearer: true,
+                api_key: false,
             });
         }
     }
@@ -602,6 +609,8 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
         sandbox,
         cors,
         operations,
+        https_only: false,
+        api_key_locations: Vec::new(),
     };
     let no_endpoint = api.production.is_none()
         && api.sandbox.is_none()
@@ -746,7 +755,7 @@ fn endpoints_field(
         }
     };
     let kind = if urls.len() == 1 { EndpointKind::Single } else { kind };
-    Ok(Some(Endpoints { kind, urls }))
+    Ok(Some(Endpoints { kind, urls, ..Endpoints::default() }))
 }
 
 fn lookup_endpoint(root: &Value, name: &str) -> Option<Value> {
@@ -835,7 +844,7 @@ fn server_fallback(
             format!("no x-wso2-production-endpoints and the server URL is not usable: {e}"),
         )
     })?;
-    Ok(Some(Endpoints { kind: EndpointKind::Single, urls: vec![url] }))
+    Ok(Some(Endpoints { kind: EndpointKind::Single, urls: vec![url], ..Endpoints::default() }))
 }
 
 fn string_list(doc: &Doc, v: Option<&Value>, at: &[&str], what: &str) -> Result<Vec<String>, ProjectError> {
@@ -889,6 +898,7 @@ fn cors_field(doc: &Doc, root: &Map<String, Value>) -> Result<Option<Cors>, Proj
             "access-control-allow-methods",
         )?,
         allow_credentials: bool_field(doc, o, "access-control-allow-credentials", &at)?.unwrap_or(false),
+        expose_headers: Vec::new(),
     }))
 }
 

@@ -388,6 +388,8 @@ mod tests {
                 ],
             )],
             revoked_jti: vec![],
+            scope_rule: ScopeRule::AllOf,
+            default_subscription_tier: None,
         };
         let r = Router::new(&m);
         let at = |p: &str| r.route(p, "GET").map(|x| x.operation);
@@ -453,6 +455,8 @@ mod tests {
             scopes: vec![],
             production: None,
             sandbox: None,
+            bearer: true,
+            api_key: false,
         }
     }
 
@@ -467,10 +471,15 @@ mod tests {
             production: Some(Endpoints {
                 kind: EndpointKind::Single,
                 urls: vec!["http://127.0.0.1:1".into()],
+                timeout_ms: None,
+                retries: 0,
+                basic_auth: None,
             }),
             sandbox: None,
             cors: None,
             operations: ops,
+            https_only: false,
+            api_key_locations: Vec::new(),
         }
     }
 
@@ -497,6 +506,8 @@ mod tests {
                 ),
             ],
             revoked_jti: vec![],
+            scope_rule: ScopeRule::AllOf,
+            default_subscription_tier: None,
         };
         let r = Router::new(&m);
         assert_eq!(r.route("/shop/v2/x", "GET"), Ok(Route { api: 1, operation: 0 }));

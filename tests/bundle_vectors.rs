@@ -40,7 +40,7 @@ fn invalid_variants(valid: &[u8], manifest: &bundle::Manifest) -> Vec<(&'static 
         v.push((name, kind, b));
     };
     edit("bad-magic.glb", "bad-magic", &|b| b[1] = b'X');
-    edit("unknown-version.glb", "unsupported-version", &|b| b[8] = 2);
+    edit("unknown-version.glb", "unsupported-version", &|b| b[8] = 3);
     edit("unknown-flags.glb", "unknown-flags", &|b| b[10] = 1);
     edit("truncated.glb", "truncated", &|b| b.truncate(b.len() - 1));
     edit("truncated-header.glb", "truncated", &|b| b.truncate(20));
@@ -179,4 +179,34 @@ fn vectors() {
     // The valid bundle with only the other key trusted.
     let other = gatelet::keys::load_verifying_key(&d.join("other.pub")).expect("other.pub");
     assert_eq!(bundle::verify(&valid, &[other]).expect_err("wrong key").kind(), "untrusted-key");
+}
+
+/// A device upgraded to this gatelet keeps serving the version-1 bundle it holds:
+/// `bundle-format/v1/valid.glb` is the pizzashack example as the last version-1 toolkit signed it.
+#[test]
+fn version_1_bundles_are_still_read_with_version_1_meaning() {
+    let v1 = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("bundle-format/v1/valid.glb")).expect("v1");
+    assert_eq!(format::parse_header(&v1).expect("header").version, 1);
+    let b = bundle::verify(&v1, &trusted()).expect("a version-1 bundle verifies");
+    let m = b.manifest();
+    assert_eq!(m.serial, SERIAL);
+    assert_eq!(m.scope_rule, bundle::model::ScopeRule::AllOf, "version 1 needed every scope");
+    assert_eq!(m.default_subscription_tier, None);
+    assert!(m.issuers.iter().all(|i| i.tokens && !i.api_keys && i.algorithms.is_empty()));
+    assert!(m.apis.iter().all(|a| !a.https_only && a.api_key_locations.is_empty()));
+    assert!(m.apis.iter().flat_map(|a| &a.operations).all(|o| o.bearer && !o.api_key));
+    assert!(m.apis.iter().flat_map(|a| &a.operations).any(|o| !o.scopes.is_empty()));
+
+    // The version number is signed, and each version signs under its own domain: a version-1
+    // bundle relabelled as version 2 (or the reverse) fails its signature.
+    let mut relabelled = v1.clone();
+    relabelled[8] = 2;
+    assert_eq!(bundle::verify(&relabelled, &trusted()).expect_err("relabelled").kind(), "bad-signature");
+    let v2 = fs::read(dir().join("valid.glb")).expect("valid.glb");
+    let mut relabelled = v2.clone();
+    relabelled[8] = 1;
+    assert_eq!(bundle::verify(&relabelled, &trusted()).expect_err("relabelled").kind(), "bad-signature");
+    let mut v3 = v2;
+    v3[8] = 3;
+    assert_eq!(bundle::verify(&v3, &trusted()).expect_err("version 3").kind(), "unsupported-version");
 }

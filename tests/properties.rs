@@ -14,7 +14,7 @@ use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 use gatelet::bundle::model::{
-    Api, EndpointKind, Endpoints, Manifest, Method, Operation, Policy, PolicyLevel,
+    Api, EndpointKind, Endpoints, Manifest, Method, Operation, Policy, PolicyLevel, ScopeRule,
 };
 use gatelet::bundle::{self, Bundle};
 use gatelet::router::{self, Router};
@@ -31,6 +31,8 @@ fn op(method: Method, path: &str, tier: Option<&str>) -> Operation {
         scopes: vec![],
         production: None,
         sandbox: None,
+        bearer: true,
+        api_key: false,
     }
 }
 
@@ -42,10 +44,18 @@ fn api(name: &str, context: &str, tier: Option<&str>, operations: Vec<Operation>
         tier: tier.map(Into::into),
         disable_security: false,
         auth_header: None,
-        production: Some(Endpoints { kind: EndpointKind::Single, urls: vec!["http://127.0.0.1:9/".into()] }),
+        production: Some(Endpoints {
+            kind: EndpointKind::Single,
+            urls: vec!["http://127.0.0.1:9/".into()],
+            timeout_ms: None,
+            retries: 0,
+            basic_auth: None,
+        }),
         sandbox: None,
         cors: None,
         operations,
+        https_only: false,
+        api_key_locations: Vec::new(),
     }
 }
 
@@ -62,6 +72,8 @@ fn manifest(apis: Vec<Api>, policies: Vec<Policy>) -> Manifest {
         policies,
         apis,
         revoked_jti: vec![],
+        scope_rule: ScopeRule::AllOf,
+        default_subscription_tier: None,
     };
     m.check().expect("test manifest is valid");
     m

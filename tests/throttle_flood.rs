@@ -53,6 +53,9 @@ fn manifest() -> Manifest {
             production: Some(Endpoints {
                 kind: EndpointKind::Single,
                 urls: vec!["http://127.0.0.1:1".into()],
+                timeout_ms: None,
+                retries: 0,
+                basic_auth: None,
             }),
             sandbox: None,
             cors: None,
@@ -64,9 +67,15 @@ fn manifest() -> Manifest {
                 scopes: vec![],
                 production: None,
                 sandbox: None,
+                bearer: true,
+                api_key: false,
             }],
+            https_only: false,
+            api_key_locations: Vec::new(),
         }],
         revoked_jti: vec![],
+        scope_rule: gatelet::bundle::model::ScopeRule::AllOf,
+        default_subscription_tier: None,
     }
 }
 

@@ -142,7 +142,7 @@ fn openssl_keys_interoperate_both_ways() {
     // The bundle signature is plain Ed25519 over DOMAIN || header || payload: openssl verifies it.
     let bytes = fs::read(&bundle).expect("read");
     let (signed, sig) = bytes.split_at(bytes.len() - 64);
-    let mut msg = b"gatelet bundle v1\0".to_vec();
+    let mut msg = b"gatelet bundle v2\0".to_vec();
     msg.extend_from_slice(signed);
     fs::write(d.join("msg"), msg).expect("write");
     fs::write(d.join("sig"), sig).expect("write");

@@ -15,6 +15,7 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use gatelet::bundle::model::{
     Api, EndpointKind, Endpoints, Issuer, IssuerKey, Manifest, Method, Operation, Policy, PolicyLevel,
+    ScopeRule,
 };
 use gatelet::bundle::{self, format};
 use gatelet::config::{Config, Overrides};
@@ -138,7 +139,13 @@ fn issuer_key() -> &'static SigningKey {
 }
 
 fn endpoints() -> Option<Endpoints> {
-    Some(Endpoints { kind: EndpointKind::Single, urls: vec!["http://127.0.0.1:8080/backend".into()] })
+    Some(Endpoints {
+        kind: EndpointKind::Single,
+        urls: vec!["http://127.0.0.1:8080/backend".into()],
+        timeout_ms: None,
+        retries: 0,
+        basic_auth: None,
+    })
 }
 
 fn op(method: Method, path: &str, scopes: &[&[&str]]) -> Operation {
@@ -150,6 +157,8 @@ fn op(method: Method, path: &str, scopes: &[&[&str]]) -> Operation {
         scopes: scopes.iter().map(|alt| alt.iter().map(|s| (*s).to_owned()).collect()).collect(),
         production: None,
         sandbox: None,
+        bearer: true,
+        api_key: false,
     }
 }
 
@@ -165,6 +174,8 @@ fn api(name: &str, version: &str, context: &str, operations: Vec<Operation>) -> 
         sandbox: None,
         cors: None,
         operations,
+        https_only: false,
+        api_key_locations: Vec::new(),
     }
 }
 
@@ -180,21 +191,27 @@ fn token_manifest() -> &'static Manifest {
                     name: "test".into(),
                     issuer: TOKEN_ISSUER.into(),
                     audience: Some("gatelet".into()),
-                    keys: vec![IssuerKey {
-                        kid: gatelet::keys::jwk_thumbprint(&issuer_key().verifying_key()),
-                        public_key: issuer_key().verifying_key().to_bytes(),
-                    }],
+                    keys: vec![IssuerKey::ed25519(
+                        gatelet::keys::jwk_thumbprint(&issuer_key().verifying_key()),
+                        issuer_key().verifying_key().to_bytes(),
+                    )],
                     validate_subscription: true,
+                    algorithms: Vec::new(),
+                    tokens: true,
+                    api_keys: false,
                 },
                 Issuer {
                     name: "open".into(),
                     issuer: "https://open.test/".into(),
                     audience: None,
-                    keys: vec![IssuerKey {
-                        kid: "open-1".into(),
-                        public_key: SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes(),
-                    }],
+                    keys: vec![IssuerKey::ed25519(
+                        "open-1".into(),
+                        SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes(),
+                    )],
                     validate_subscription: false,
+                    algorithms: Vec::new(),
+                    tokens: true,
+                    api_keys: false,
                 },
             ],
             policies: vec![],
@@ -212,6 +229,8 @@ fn token_manifest() -> &'static Manifest {
                 api("Other", "2", "/other/2", vec![op(Method::Get, "/x", &[])]),
             ],
             revoked_jti: vec!["revoked-1".into()],
+            scope_rule: ScopeRule::AllOf,
+            default_subscription_tier: None,
         };
         m.check().expect("the token fixture is a valid manifest");
         m
@@ -404,6 +423,8 @@ pub fn router_fixture() -> &'static (Manifest, Router) {
                 ),
             ],
             revoked_jti: vec![],
+            scope_rule: ScopeRule::AllOf,
+            default_subscription_tier: None,
         };
         m.check().expect("the router fixture is a valid manifest");
         let r = Router::new(&m);

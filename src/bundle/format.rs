@@ -1,10 +1,10 @@
-//! Bundle file format v1: framing, signing and the one verification path.
+//! Bundle file format v2 (and v1, read only): framing, signing and the one verification path.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic            89 47 4C 42 0D 0A 1A 0A   ("\x89GLB\r\n\x1a\n")
-//!      8     2  format version   u16 little-endian, 1
-//!     10     2  flags            u16 little-endian, 0 (no flag is defined in v1)
+//!      8     2  format version   u16 little-endian, 2 (1 is still read)
+//!     10     2  flags            u16 little-endian, 0 (no flag is defined)
 //!     12     8  signer key id    SHA-256(raw public key)[0..8]
 //!     20     4  payload length   u32 little-endian, N <= MAX_PAYLOAD
 //!     24     N  payload          postcard-encoded Manifest
@@ -25,8 +25,10 @@ use crate::keys::{self, KEY_ID_LEN};
 
 /// File magic. The high bit, CR LF, ^Z and LF catch text-mode and 7-bit mangling in transit.
 pub const MAGIC: [u8; 8] = *b"\x89GLB\r\n\x1a\n";
-/// The only format version this reader understands.
-pub const VERSION: u16 = 1;
+/// The format version this gatelet writes.
+pub const VERSION: u16 = 2;
+/// The format versions this gatelet reads: version 1 bundles keep working after an upgrade.
+pub const READ_VERSIONS: [u16; 2] = [1, 2];
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 24;
 /// Signature length in bytes.
@@ -37,8 +39,15 @@ pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
 /// Largest file accepted.
 pub const MAX_FILE: u64 = (HEADER_LEN + SIGNATURE_LEN) as u64 + MAX_PAYLOAD as u64;
 /// Domain separation: the signature covers this prefix, then header and payload, so a bundle
-/// signature can never be replayed as a signature over anything else the same key signs.
-pub const DOMAIN: &[u8] = b"gatelet bundle v1\0";
+/// signature can never be replayed as a signature over anything else the same key signs (nor a
+/// version-1 signature as a version-2 one).
+pub const DOMAIN: &[u8] = b"gatelet bundle v2\0";
+/// Version 1's domain prefix.
+pub const DOMAIN_V1: &[u8] = b"gatelet bundle v1\0";
+
+fn domain(version: u16) -> &'static [u8] {
+    if version == 1 { DOMAIN_V1 } else { DOMAIN }
+}
 
 /// Why a bundle was refused. Every variant but `Io` is the bundle's (or its signer's) fault.
 #[derive(Debug)]
@@ -171,7 +180,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, BundleError> {
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
     let version = u16_at(8);
-    if version != VERSION {
+    if !READ_VERSIONS.contains(&version) {
         return Err(BundleError::UnsupportedVersion(version));
     }
     let flags = u16_at(10);
@@ -194,9 +203,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, BundleError> {
     Ok(Header { version, flags, key_id, payload_len })
 }
 
-fn signed_message(signed: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(DOMAIN.len() + signed.len());
-    msg.extend_from_slice(DOMAIN);
+fn signed_message(version: u16, signed: &[u8]) -> Vec<u8> {
+    let domain = domain(version);
+    let mut msg = Vec::with_capacity(domain.len() + signed.len());
+    msg.extend_from_slice(domain);
     msg.extend_from_slice(signed);
     msg
 }
@@ -220,7 +230,7 @@ fn frame_and_sign(payload: &[u8], len: u32, key: &SigningKey) -> Vec<u8> {
     out.extend_from_slice(&keys::key_id(&key.verifying_key()));
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(payload);
-    let signature = key.sign(&signed_message(&out));
+    let signature = key.sign(&signed_message(VERSION, &out));
     out.extend_from_slice(&signature.to_bytes());
     out
 }
@@ -245,10 +255,10 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Bundle, BundleEr
     let sig: [u8; SIGNATURE_LEN] = sig.try_into().map_err(|_| BundleError::BadSignature)?;
     // verify_strict: refuses non-canonical S (malleability) and small-order keys or R, so one
     // bundle has one valid signature and a weak key cannot validate a forged one.
-    key.verify_strict(&signed_message(signed), &Signature::from_bytes(&sig))
+    key.verify_strict(&signed_message(header.version, signed), &Signature::from_bytes(&sig))
         .map_err(|_| BundleError::BadSignature)?;
     let payload = &signed[HEADER_LEN..];
-    let manifest = decode_payload(payload)?;
+    let manifest = decode_payload(header.version, payload)?;
     manifest.check().map_err(BundleError::Invalid)?;
     Ok(Bundle {
         manifest,
@@ -258,14 +268,20 @@ pub fn verify(bytes: &[u8], trusted: &[VerifyingKey]) -> Result<Bundle, BundleEr
     })
 }
 
-/// Decodes a payload, refusing trailing bytes inside it.
-fn decode_payload(payload: &[u8]) -> Result<Manifest, BundleError> {
-    let (manifest, rest) =
-        postcard::take_from_bytes::<Manifest>(payload).map_err(|e| BundleError::Decode(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(BundleError::Decode(format!("{} unread bytes at the end of the payload", rest.len())));
+/// Decodes a payload of the header's version, refusing trailing bytes inside it.
+fn decode_payload(version: u16, payload: &[u8]) -> Result<Manifest, BundleError> {
+    fn take<'a, T: serde::Deserialize<'a>>(payload: &'a [u8]) -> Result<T, BundleError> {
+        let (value, rest) =
+            postcard::take_from_bytes::<T>(payload).map_err(|e| BundleError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(BundleError::Decode(format!(
+                "{} unread bytes at the end of the payload",
+                rest.len()
+            )));
+        }
+        Ok(value)
     }
-    Ok(manifest)
+    if version == 1 { Ok(take::<super::v1::ManifestV1>(payload)?.into()) } else { take::<Manifest>(payload) }
 }
 
 /// Decodes without a trusted key, for `bundle inspect`: framing is checked, the signature is
@@ -273,7 +289,7 @@ fn decode_payload(payload: &[u8]) -> Result<Manifest, BundleError> {
 pub fn decode_unverified(bytes: &[u8]) -> Result<(Header, Manifest), BundleError> {
     let header = parse_header(bytes)?;
     let payload = &bytes[HEADER_LEN..HEADER_LEN + header.payload_len as usize];
-    Ok((header, decode_payload(payload)?))
+    Ok((header, decode_payload(header.version, payload)?))
 }
 
 /// Reads a bundle file, refusing anything above [`MAX_FILE`] before reading it.
@@ -318,6 +334,9 @@ mod tests {
                 production: Some(Endpoints {
                     kind: EndpointKind::Single,
                     urls: vec!["http://127.0.0.1:1".into()],
+                    timeout_ms: None,
+                    retries: 0,
+                    basic_auth: None,
                 }),
                 sandbox: None,
                 cors: None,
@@ -329,9 +348,15 @@ mod tests {
                     scopes: vec![],
                     production: None,
                     sandbox: None,
+                    bearer: true,
+                    api_key: false,
                 }],
+                https_only: false,
+                api_key_locations: Vec::new(),
             }],
             revoked_jti: vec![],
+            scope_rule: ScopeRule::AllOf,
+            default_subscription_tier: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod model;
+mod v1;
 
 pub use format::{Bundle, BundleError, read_file, seal, verify};
 pub use model::Manifest;
@@ -15,8 +16,33 @@ use model::{Endpoints, Policy};
 fn endpoints_json(ep: &Option<Endpoints>) -> Value {
     match ep {
         None => Value::Null,
-        Some(ep) => json!({"type": ep.kind.as_str(), "urls": ep.urls}),
+        Some(ep) => json!({
+            "type": ep.kind.as_str(),
+            "urls": ep.urls,
+            "timeout_ms": ep.timeout_ms,
+            "retries": ep.retries,
+            // The password is never printed: inspect output ends up in tickets and logs.
+            "basic_auth": ep.basic_auth.as_ref().map(|b| json!({"username": b.username, "password": "(hidden)"})),
+        }),
     }
+}
+
+fn key_json(k: &model::IssuerKey) -> Value {
+    use base64ct::{Base64, Base64UrlUnpadded, Encoding};
+    let mut v = json!({"kid": k.kid, "type": k.key.kind(), "alg": k.alg.map(|a| a.as_str())});
+    match &k.key {
+        model::PublicKey::Ed25519(raw) => v["x"] = json!(Base64UrlUnpadded::encode_string(raw)),
+        model::PublicKey::Rsa(der) | model::PublicKey::EcP256(der) | model::PublicKey::EcP384(der) => {
+            v["spki"] = json!(Base64::encode_string(der));
+        }
+    }
+    if let Some(t) = &k.x5t {
+        v["x5t"] = json!(Base64UrlUnpadded::encode_string(t));
+    }
+    if let Some(t) = &k.x5t_s256 {
+        v["x5t#S256"] = json!(Base64UrlUnpadded::encode_string(t));
+    }
+    v
 }
 
 fn policy_json(p: &Policy) -> Value {
@@ -41,15 +67,17 @@ pub fn inspect_json(header: &format::Header, manifest: &Manifest, verified: bool
         "label": manifest.label,
         "serial": manifest.serial,
         "created_at": manifest.created_at,
+        "scope_rule": manifest.scope_rule.as_str(),
+        "default_subscription_tier": manifest.default_subscription_tier,
         "issuers": manifest.issuers.iter().map(|i| json!({
             "name": i.name,
             "issuer": i.issuer,
             "audience": i.audience,
             "validate_subscription": i.validate_subscription,
-            "keys": i.keys.iter().map(|k| json!({
-                "kid": k.kid,
-                "x": <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(&k.public_key),
-            })).collect::<Vec<_>>(),
+            "algorithms": i.algorithms.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            "tokens": i.tokens,
+            "api_keys": i.api_keys,
+            "keys": i.keys.iter().map(key_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "policies": {
             "api": level(model::PolicyLevel::Api),
@@ -70,12 +98,20 @@ pub fn inspect_json(header: &format::Header, manifest: &Manifest, verified: bool
                 "allow_headers": c.allow_headers,
                 "allow_methods": c.allow_methods,
                 "allow_credentials": c.allow_credentials,
+                "expose_headers": c.expose_headers,
             })),
+            "https_only": a.https_only,
+            "api_key_locations": a.api_key_locations.iter().map(|l| json!({
+                "in": if l.query { "query" } else { "header" },
+                "name": l.name,
+            })).collect::<Vec<_>>(),
             "operations": a.operations.iter().map(|o| json!({
                 "method": o.method.as_str(),
                 "path": o.path,
                 "tier": o.tier,
                 "disable_security": o.disable_security,
+                "bearer": o.bearer,
+                "api_key": o.api_key,
                 "scopes": o.scopes,
                 "production_endpoints": endpoints_json(&o.production),
                 "sandbox_endpoints": endpoints_json(&o.sandbox),

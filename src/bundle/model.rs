@@ -46,6 +46,33 @@ pub struct Manifest {
     pub apis: Vec<Api>,
     /// Token ids (`jti`) refused whatever their signature.
     pub revoked_jti: Vec<String>,
+    /// How the builder read several scopes in one security requirement. Already applied to every
+    /// [`Operation::scopes`]; carried so that `bundle inspect` can say which reading built it.
+    pub scope_rule: ScopeRule,
+    /// The subscription tier of a caller whose token names no subscription tier for the API
+    /// (issuers that do not validate subscriptions; API Manager 3.2+ and Keycloak tokens carry
+    /// no `subscribedAPIs`). A [`PolicyLevel::Subscription`] policy or [`UNLIMITED`]; `None`: no
+    /// subscription-level check for such callers.
+    pub default_subscription_tier: Option<String>,
+}
+
+/// How several scopes listed in one OpenAPI security requirement combine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScopeRule {
+    /// WSO2's reading: any one of the listed scopes is enough.
+    #[default]
+    AnyOf,
+    /// OpenAPI's reading: every listed scope is needed.
+    AllOf,
+}
+
+impl ScopeRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeRule::AnyOf => "any-of",
+            ScopeRule::AllOf => "all-of",
+        }
+    }
 }
 
 /// A token issuer trusted by the bundle.
@@ -60,14 +87,132 @@ pub struct Issuer {
     pub keys: Vec<IssuerKey>,
     /// When true, a token must list the API in `subscribedAPIs`.
     pub validate_subscription: bool,
+    /// Algorithms the issuer's tokens may use; empty: any the key's type allows.
+    pub algorithms: Vec<JwsAlg>,
+    /// Its JWTs are accepted as bearer tokens (`Authorization` or the API's token header).
+    pub tokens: bool,
+    /// Its JWTs are accepted as WSO2 API keys (from an API's `apiKey` scheme locations).
+    pub api_keys: bool,
 }
 
-/// One Ed25519 public key of an issuer.
+/// One public key of an issuer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuerKey {
     /// The JWKS `kid`, or the key's RFC 7638 thumbprint when it came from a PEM file.
     pub kid: String,
-    pub public_key: [u8; 32],
+    pub key: PublicKey,
+    /// The one algorithm this key verifies, when its JWK names one (`alg`).
+    pub alg: Option<JwsAlg>,
+    /// SHA-1 of the DER certificate the key came from (a token's `x5t`).
+    pub x5t: Option<[u8; 20]>,
+    /// SHA-256 of the DER certificate the key came from (a token's `x5t#S256`).
+    pub x5t_s256: Option<[u8; 32]>,
+}
+
+impl IssuerKey {
+    /// An Ed25519 key from a PEM file or an OKP JWK, with no algorithm pin or certificate.
+    pub fn ed25519(kid: String, raw: [u8; 32]) -> IssuerKey {
+        IssuerKey { kid, key: PublicKey::Ed25519(raw), alg: None, x5t: None, x5t_s256: None }
+    }
+}
+
+/// A verification key. The variant decides which algorithms it can ever verify: an RSA key only
+/// RS*/PS*, an EC key only the ES* of its own curve, an Ed25519 key only EdDSA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublicKey {
+    /// The raw 32-byte RFC 8032 public key.
+    Ed25519([u8; 32]),
+    /// DER SubjectPublicKeyInfo of an RSA key of at least [`MIN_RSA_BITS`] bits.
+    Rsa(Vec<u8>),
+    /// DER SubjectPublicKeyInfo of a P-256 key.
+    EcP256(Vec<u8>),
+    /// DER SubjectPublicKeyInfo of a P-384 key.
+    EcP384(Vec<u8>),
+}
+
+impl PublicKey {
+    /// `kty`/curve as JOSE names it, for messages and `bundle inspect`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PublicKey::Ed25519(_) => "Ed25519",
+            PublicKey::Rsa(_) => "RSA",
+            PublicKey::EcP256(_) => "P-256",
+            PublicKey::EcP384(_) => "P-384",
+        }
+    }
+
+    /// Whether this key may verify a token signed with `alg`.
+    pub fn allows(&self, alg: JwsAlg) -> bool {
+        use JwsAlg::*;
+        matches!(
+            (self, alg),
+            (PublicKey::Ed25519(_), EdDsa)
+                | (PublicKey::Rsa(_), Rs256 | Rs384 | Rs512 | Ps256 | Ps384 | Ps512)
+                | (PublicKey::EcP256(_), Es256)
+                | (PublicKey::EcP384(_), Es384)
+        )
+    }
+}
+
+/// Smallest RSA modulus accepted for a token key.
+pub const MIN_RSA_BITS: u32 = 2048;
+/// Largest RSA modulus accepted (verification cost grows with it; 8192 is far beyond any IdP).
+pub const MAX_RSA_BITS: u32 = 8192;
+/// Longest DER public key kept (an 8192-bit RSA SPKI is about 1 KiB).
+pub const MAX_KEY_DER: usize = 1100;
+
+/// The JWS algorithms gatelet verifies. `none` and `HS*` have no variant: they can never be
+/// named, pinned or accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JwsAlg {
+    /// `EdDSA` (RFC 8037) or `Ed25519` (RFC 9864), with an Ed25519 key.
+    EdDsa,
+    Rs256,
+    Rs384,
+    Rs512,
+    Ps256,
+    Ps384,
+    Ps512,
+    Es256,
+    Es384,
+}
+
+impl JwsAlg {
+    pub const ALL: [JwsAlg; 9] = [
+        JwsAlg::EdDsa,
+        JwsAlg::Rs256,
+        JwsAlg::Rs384,
+        JwsAlg::Rs512,
+        JwsAlg::Ps256,
+        JwsAlg::Ps384,
+        JwsAlg::Ps512,
+        JwsAlg::Es256,
+        JwsAlg::Es384,
+    ];
+
+    /// The JOSE name (`alg`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwsAlg::EdDsa => "EdDSA",
+            JwsAlg::Rs256 => "RS256",
+            JwsAlg::Rs384 => "RS384",
+            JwsAlg::Rs512 => "RS512",
+            JwsAlg::Ps256 => "PS256",
+            JwsAlg::Ps384 => "PS384",
+            JwsAlg::Ps512 => "PS512",
+            JwsAlg::Es256 => "ES256",
+            JwsAlg::Es384 => "ES384",
+        }
+    }
+
+    /// From a JOSE `alg` value (exact, case-sensitive as RFC 7515 says). `Ed25519` is RFC 9864's
+    /// name for the same check as `EdDSA` with an Ed25519 key.
+    pub fn parse(s: &str) -> Option<JwsAlg> {
+        if s == "Ed25519" {
+            return Some(JwsAlg::EdDsa);
+        }
+        JwsAlg::ALL.into_iter().find(|a| a.as_str() == s)
+    }
 }
 
 /// The throttling level a policy belongs to. Resource-level tiers use [`PolicyLevel::Api`]
@@ -116,11 +261,25 @@ pub struct Api {
     pub sandbox: Option<Endpoints>,
     pub cors: Option<Cors>,
     pub operations: Vec<Operation>,
+    /// `x-wso2-transports` without `http`: the API is never served over plain HTTP.
+    pub https_only: bool,
+    /// Where an API key may be presented (the API's `apiKey` security schemes).
+    pub api_key_locations: Vec<ApiKeyLocation>,
+}
+
+/// Where an `apiKey` security scheme reads its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyLocation {
+    /// `in: query` (true) or `in: header` (false).
+    pub query: bool,
+    /// The parameter or header name; a header name is lower case.
+    pub name: String,
 }
 
 /// HTTP methods an operation may declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Method {
+    #[default]
     Get,
     Put,
     Post,
@@ -183,12 +342,17 @@ pub struct Operation {
     /// Operation-level endpoints override the API's.
     pub production: Option<Endpoints>,
     pub sandbox: Option<Endpoints>,
+    /// A bearer JWT (meeting [`Operation::scopes`]) is accepted.
+    pub bearer: bool,
+    /// An API key from one of the API's [`Api::api_key_locations`] is accepted.
+    pub api_key: bool,
 }
 
 /// How several endpoint URLs are used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EndpointKind {
     /// One URL.
+    #[default]
     Single,
     /// The first URL that answers.
     Failover,
@@ -207,19 +371,49 @@ impl EndpointKind {
 }
 
 /// A backend endpoint list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub kind: EndpointKind,
     pub urls: Vec<String>,
+    /// Backend response deadline for this list (`advanceEndpointConfig.timeoutInMillis`);
+    /// `None`: the device's `upstream.response_timeout_ms`.
+    pub timeout_ms: Option<u32>,
+    /// Extra attempts for a request that was never sent (the connection failed), on the next URL
+    /// of the list (`advanceEndpointConfig.retryConfig.count`). A request that reached a backend
+    /// is never sent twice.
+    pub retries: u8,
+    /// HTTP basic credentials sent to the backend (`securityConfig`).
+    pub basic_auth: Option<BasicAuth>,
 }
 
+/// Credentials for a backend. The password is in the signed bundle in clear (bundles are
+/// integrity-protected, not encrypted): `bundle inspect` never prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth").field("username", &self.username).field("password", &"(hidden)").finish()
+    }
+}
+
+/// Most retries an endpoint list may ask for.
+pub const MAX_RETRIES: u8 = 8;
+/// Longest per-endpoint timeout: 10 minutes.
+pub const MAX_ENDPOINT_TIMEOUT_MS: u32 = 600_000;
+
 /// `x-wso2-cors`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cors {
     pub allow_origins: Vec<String>,
     pub allow_headers: Vec<String>,
     pub allow_methods: Vec<String>,
     pub allow_credentials: bool,
+    /// `Access-Control-Expose-Headers` on actual (not preflight) responses.
+    pub expose_headers: Vec<String>,
 }
 
 /// A backend URL, parsed: `http` or `https`, a host, an optional port, a path prefix, and an
@@ -472,7 +666,79 @@ fn check_endpoints(what: &str, ep: &Endpoints) -> Result<(), Invalid> {
             invalid!("{what}: {e}");
         }
     }
+    if ep.retries > MAX_RETRIES {
+        invalid!("{what}: more than {MAX_RETRIES} retries");
+    }
+    if let Some(t) = ep.timeout_ms {
+        if t == 0 || t > MAX_ENDPOINT_TIMEOUT_MS {
+            invalid!("{what}: timeout must be 1 to {MAX_ENDPOINT_TIMEOUT_MS} ms");
+        }
+    }
+    if let Some(b) = &ep.basic_auth {
+        check_nonempty(&format!("{what}: basic auth user name"), &b.username)?;
+        check_str(&format!("{what}: basic auth password"), &b.password)?;
+        if b.username.contains(':') {
+            invalid!("{what}: a basic auth user name cannot contain ':' (RFC 7617)");
+        }
+    }
     Ok(())
+}
+
+/// Most API key locations of one API.
+pub const MAX_API_KEY_LOCATIONS: usize = 8;
+
+/// A lower-case HTTP header name (RFC 9110 token characters, no upper case).
+pub fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl PublicKey {
+    /// The key is usable: an Ed25519 point not of small order, an RSA key of
+    /// [`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`] bits, or an EC key on the curve its variant names.
+    pub fn check(&self) -> Result<(), String> {
+        use openssl::nid::Nid;
+        use openssl::pkey::{Id, PKey};
+        let der = match self {
+            PublicKey::Ed25519(raw) => {
+                return match ed25519_dalek::VerifyingKey::from_bytes(raw) {
+                    Ok(v) if !v.is_weak() => Ok(()),
+                    _ => Err("not a usable Ed25519 public key".into()),
+                };
+            }
+            PublicKey::Rsa(d) | PublicKey::EcP256(d) | PublicKey::EcP384(d) => d,
+        };
+        if der.len() > MAX_KEY_DER {
+            return Err(format!("longer than {MAX_KEY_DER} bytes"));
+        }
+        let pkey = PKey::public_key_from_der(der).map_err(|_| "not a DER public key".to_owned())?;
+        match self {
+            PublicKey::Rsa(_) => {
+                if pkey.id() != Id::RSA {
+                    return Err("not an RSA key".into());
+                }
+                let bits = pkey.bits();
+                if bits < MIN_RSA_BITS {
+                    return Err(format!("RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"));
+                }
+                if bits > MAX_RSA_BITS {
+                    return Err(format!("RSA key of {bits} bits; at most {MAX_RSA_BITS} are accepted"));
+                }
+                Ok(())
+            }
+            PublicKey::EcP256(_) | PublicKey::EcP384(_) => {
+                let want =
+                    if matches!(self, PublicKey::EcP256(_)) { Nid::X9_62_PRIME256V1 } else { Nid::SECP384R1 };
+                let ec = pkey.ec_key().map_err(|_| "not an EC key".to_owned())?;
+                if ec.group().curve_name() != Some(want) {
+                    return Err(format!("not a {} key", self.kind()));
+                }
+                ec.check_key().map_err(|_| "not a valid point on its curve".to_owned())?;
+                Ok(())
+            }
+            PublicKey::Ed25519(_) => Ok(()),
+        }
+    }
 }
 
 impl Manifest {
@@ -519,9 +785,33 @@ impl Manifest {
                 if !kids.insert(k.kid.as_str()) {
                     invalid!("{at}: duplicate kid {:?}", k.kid);
                 }
-                match ed25519_dalek::VerifyingKey::from_bytes(&k.public_key) {
-                    Ok(v) if !v.is_weak() => {}
-                    _ => invalid!("{at}: key {:?} is not a usable Ed25519 public key", k.kid),
+                if let Err(why) = k.key.check() {
+                    invalid!("{at}: key {:?}: {why}", k.kid);
+                }
+                if let Some(alg) = k.alg {
+                    if !k.key.allows(alg) {
+                        invalid!(
+                            "{at}: key {:?} is {} and cannot verify {}",
+                            k.kid,
+                            k.key.kind(),
+                            alg.as_str()
+                        );
+                    }
+                }
+            }
+            if !i.tokens && !i.api_keys {
+                invalid!("{at}: accepts neither tokens nor API keys");
+            }
+            let mut pinned = HashSet::new();
+            for a in &i.algorithms {
+                if !pinned.insert(*a) {
+                    invalid!("{at}: algorithm {} listed twice", a.as_str());
+                }
+                if !i.keys.iter().any(|k| k.key.allows(*a) && k.alg.is_none_or(|ka| ka == *a)) {
+                    invalid!(
+                        "{at}: algorithm {} is allowed but no key of the issuer can verify it",
+                        a.as_str()
+                    );
                 }
             }
         }
@@ -547,6 +837,11 @@ impl Manifest {
             None => true,
             Some(t) => t == UNLIMITED || policies.contains(&(PolicyLevel::Api, t.as_str())),
         };
+        if let Some(t) = &self.default_subscription_tier {
+            if t != UNLIMITED && !policies.contains(&(PolicyLevel::Subscription, t.as_str())) {
+                invalid!("default subscription tier {t:?} is not a subscription policy");
+            }
+        }
 
         let mut contexts = HashSet::new();
         let mut names = HashSet::new();
@@ -582,8 +877,23 @@ impl Manifest {
                     check_endpoints(&format!("{at}: {kind} endpoints"), ep)?;
                 }
             }
+            if api.api_key_locations.len() > MAX_API_KEY_LOCATIONS {
+                invalid!("{at}: more than {MAX_API_KEY_LOCATIONS} API key locations");
+            }
+            for loc in &api.api_key_locations {
+                check_nonempty(&format!("{at}: API key parameter"), &loc.name)?;
+                if !loc.query && !is_header_name(&loc.name) {
+                    invalid!("{at}: API key header {:?} is not a lower-case header name", loc.name);
+                }
+            }
             if let Some(c) = &api.cors {
-                for s in c.allow_origins.iter().chain(&c.allow_headers).chain(&c.allow_methods) {
+                for s in c
+                    .allow_origins
+                    .iter()
+                    .chain(&c.allow_headers)
+                    .chain(&c.allow_methods)
+                    .chain(&c.expose_headers)
+                {
                     check_str(&format!("{at}: cors"), s)?;
                 }
             }
@@ -607,6 +917,19 @@ impl Manifest {
                 }
                 if !tier_ok(&op.tier) {
                     invalid!("{oat}: unknown resource tier {:?}", op.tier.as_deref().unwrap_or(""));
+                }
+                if !op.disable_security && !api.disable_security {
+                    if !op.bearer && !op.api_key {
+                        invalid!(
+                            "{oat}: accepts neither a token nor an API key (say disable_security for none)"
+                        );
+                    }
+                    if op.api_key && api.api_key_locations.is_empty() {
+                        invalid!("{oat}: accepts an API key but the API has no API key location");
+                    }
+                }
+                if !op.bearer && !op.scopes.is_empty() {
+                    invalid!("{oat}: scopes are for bearer tokens, which this operation does not accept");
                 }
                 for alt in &op.scopes {
                     if alt.is_empty() {

@@ -888,7 +888,9 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::bundle::model::{self, Api, EndpointKind, Endpoints, Method, Operation, PolicyLevel};
+    use crate::bundle::model::{
+        self, Api, EndpointKind, Endpoints, Method, Operation, PolicyLevel, ScopeRule,
+    };
 
     /// 10:00:00 UTC on some day: a minute boundary, so windows of 1, 10 and 60 s start here.
     const T0: u64 = 1_764_000_000_000;
@@ -906,6 +908,8 @@ mod tests {
             scopes: vec![],
             production: None,
             sandbox: None,
+            bearer: true,
+            api_key: false,
         }
     }
 
@@ -920,10 +924,15 @@ mod tests {
             production: Some(Endpoints {
                 kind: EndpointKind::Single,
                 urls: vec!["http://127.0.0.1:8080".into()],
+                timeout_ms: None,
+                retries: 0,
+                basic_auth: None,
             }),
             sandbox: None,
             cors: None,
             operations,
+            https_only: false,
+            api_key_locations: Vec::new(),
         }
     }
 
@@ -961,6 +970,8 @@ mod tests {
                 api("free", Some(UNLIMITED), vec![op(Method::Get, "/x", Some("res3"))]),
             ],
             revoked_jti: vec![],
+            scope_rule: ScopeRule::AllOf,
+            default_subscription_tier: None,
         }
     }
 

@@ -263,6 +263,8 @@ mod tests {
             policies: vec![],
             apis: vec![],
             revoked_jti: vec![],
+            scope_rule: crate::bundle::model::ScopeRule::AllOf,
+            default_subscription_tier: None,
         };
         let c = Clock::from_state(ManualTime::new(3), &manifest, &state).expect("reads");
         let r = c.now();

@@ -37,7 +37,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Value, json};
 
 use crate::bundle::Manifest;
-use crate::bundle::model::{Api, Operation};
+use crate::bundle::model::{Api, Operation, PublicKey};
 
 pub use claims::{Application, KeyType, SubscribedApi, VerifiedToken};
 pub use clock::{Clock, FloorOrigin, ManualTime, Reading, SystemTime, TimeSource};
@@ -137,12 +137,19 @@ impl Validator {
             let keys = i
                 .keys
                 .iter()
-                .filter_map(|k| match VerifyingKey::from_bytes(&k.public_key) {
-                    Ok(key) => Some(TrustedKey { kid: k.kid.clone(), key }),
-                    Err(_) => {
-                        log::warn!("issuer {:?}: key {:?} is not an Ed25519 point, skipped", i.name, k.kid);
-                        None
-                    }
+                .filter_map(|k| match &k.key {
+                    PublicKey::Ed25519(raw) => match VerifyingKey::from_bytes(raw) {
+                        Ok(key) => Some(TrustedKey { kid: k.kid.clone(), key }),
+                        Err(_) => {
+                            log::warn!(
+                                "issuer {:?}: key {:?} is not an Ed25519 point, skipped",
+                                i.name,
+                                k.kid
+                            );
+                            None
+                        }
+                    },
+                    _ => None,
                 })
                 .collect();
             by_iss.insert(i.issuer.clone(), issuers.len());
@@ -354,7 +361,7 @@ mod tests {
     }
 
     fn issuer_key(kid: &str, k: &SigningKey) -> IssuerKey {
-        IssuerKey { kid: kid.into(), public_key: k.verifying_key().to_bytes() }
+        IssuerKey::ed25519(kid.into(), k.verifying_key().to_bytes())
     }
 
     fn op(method: Method, path: &str, scopes: &[&[&str]]) -> Operation {
@@ -366,6 +373,8 @@ mod tests {
             scopes: scopes.iter().map(|alt| alt.iter().map(|s| (*s).to_owned()).collect()).collect(),
             production: None,
             sandbox: None,
+            bearer: true,
+            api_key: false,
         }
     }
 
@@ -380,6 +389,9 @@ mod tests {
             production: Some(Endpoints {
                 kind: EndpointKind::Single,
                 urls: vec!["http://127.0.0.1:8081".into()],
+                timeout_ms: None,
+                retries: 0,
+                basic_auth: None,
             }),
             sandbox: None,
             cors: None,
@@ -389,6 +401,8 @@ mod tests {
                 op(Method::Get, "/order/{id}", &[&["order:read"], &["order:admin"]]),
                 op(Method::Delete, "/order/{id}", &[&["order:admin", "order:write"]]),
             ],
+            https_only: false,
+            api_key_locations: Vec::new(),
         }
     }
 
@@ -406,6 +420,9 @@ mod tests {
                     audience: Some("gatelet".into()),
                     keys: vec![issuer_key(&keys::jwk_thumbprint(&c.verifying_key()), &c)],
                     validate_subscription: true,
+                    algorithms: Vec::new(),
+                    tokens: true,
+                    api_keys: false,
                 },
                 Issuer {
                     name: "partner".into(),
@@ -413,6 +430,9 @@ mod tests {
                     audience: None,
                     keys: vec![issuer_key("p1", &p1), issuer_key("p2", &p2)],
                     validate_subscription: false,
+                    algorithms: Vec::new(),
+                    tokens: true,
+                    api_keys: false,
                 },
                 Issuer {
                     name: "ring".into(),
@@ -424,6 +444,9 @@ mod tests {
                         .map(|(i, k)| issuer_key(&format!("r{i}"), k))
                         .collect(),
                     validate_subscription: false,
+                    algorithms: Vec::new(),
+                    tokens: true,
+                    api_keys: false,
                 },
             ],
             policies: vec![],
@@ -432,6 +455,8 @@ mod tests {
                 api("Inventory", "2.0", "/inventory/2.0"),
             ],
             revoked_jti: vec!["0d3c6c1e-revoked-example".into()],
+            scope_rule: crate::bundle::model::ScopeRule::AllOf,
+            default_subscription_tier: None,
         };
         m.check().expect("the test manifest is a valid bundle manifest");
         m
@@ -774,7 +799,7 @@ mod tests {
     fn small_order_public_key() {
         // A bundle cannot carry one (Manifest::check refuses it) ...
         let mut m = manifest();
-        m.issuers[0].keys.push(IssuerKey { kid: "weak".into(), public_key: weak_point() });
+        m.issuers[0].keys.push(IssuerKey::ed25519("weak".into(), weak_point()));
         assert!(m.check().is_err());
         // ... and a validator built around the check still refuses the universal forgery
         // R = identity, S = 0 that plain Ed25519 verification accepts for a small-order key.
