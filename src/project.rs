@@ -72,6 +72,9 @@ struct ProjectToml {
     policies: PoliciesToml,
     #[serde(default)]
     revoked: RevokedToml,
+    /// How several scopes in one security requirement combine: `"any-of"` (WSO2's reading, the
+    /// default) or `"all-of"` (OpenAPI's).
+    scopes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +313,28 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
     }
     policies.sort_by(|a, b| (a.level.as_str(), &a.name).cmp(&(b.level.as_str(), &b.name)));
 
+    // WSO2 documents several scopes in one requirement as alternatives, and the definitions
+    // people bring were written for it; OpenAPI's all-of reading is the opt-in.
+    let scope_rule = match project.scopes.as_deref() {
+        None | Some("any-of") => ScopeRule::AnyOf,
+        Some("all-of") => ScopeRule::AllOf,
+        Some(other) => {
+            return Err(err(
+                &toml_path,
+                toml_text
+                    .lines()
+                    .position(|l| {
+                        l.trim_start().strip_prefix("scopes").is_some_and(|r| r.trim_start().starts_with('='))
+                    })
+                    .map(|i| i + 1),
+                format!(
+                    "scopes = {other:?}: use \"any-of\" (one listed scope is enough, as WSO2 reads it) \
+                     or \"all-of\" (every listed scope, as OpenAPI reads it)"
+                ),
+            ));
+        }
+    };
+
     // APIs.
     let apis_dir = dir.join("apis");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&apis_dir)
@@ -327,7 +352,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
     let mut context_file: HashMap<String, PathBuf> = HashMap::new();
     for file in &files {
         bump(&mut newest, file);
-        let api = compile_api(file, &policies, &mut warnings)?;
+        let api = compile_api(file, &policies, scope_rule, &mut warnings)?;
         if let Some(other) = context_file.get(&api.context) {
             let text = read_input(file)?;
             return Err(err(
@@ -382,7 +407,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
         policies,
         apis,
         revoked_jti: revoked,
-        scope_rule: ScopeRule::AllOf,
+        scope_rule,
         default_subscription_tier: None,
     };
     manifest.check().map_err(|e| err(&toml_path, None, e.0))?;
@@ -390,8 +415,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
 }
 
 /// Extensions accepted and ignored with a warning: they change nothing gatelet decides.
-const IGNORED_EXTENSIONS: &[&str] =
-    &["x-wso2-owner", "x-wso2-transports", "x-wso2-response-cache", "x-wso2-endpoints"];
+const IGNORED_EXTENSIONS: &[&str] = &["x-wso2-owner", "x-wso2-response-cache", "x-wso2-endpoints"];
 
 fn parse_document(file: &Path, text: &str) -> Result<Value, ProjectError> {
     let is_json = file.extension().and_then(|e| e.to_str()) == Some("json");
@@ -434,7 +458,12 @@ impl Doc<'_> {
     }
 }
 
-fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> Result<Api, ProjectError> {
+fn compile_api(
+    file: &Path,
+    policies: &[Policy],
+    scope_rule: ScopeRule,
+    warnings: &mut Vec<String>,
+) -> Result<Api, ProjectError> {
     let text = read_input(file)?;
     let root = parse_document(file, &text)?;
     let doc = Doc { file, text, root };
@@ -463,6 +492,9 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
                 "x-wso2-disable-security",
                 "x-wso2-auth-header",
                 "x-wso2-cors",
+                "x-wso2-transports",
+                // Named endpoint lists, used through "#/x-wso2-endpoints/NAME" references.
+                "x-wso2-endpoints",
             ],
             warnings,
         )?;
@@ -502,12 +534,13 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
         }
         Some(_) => return Err(doc.fail(&["x-wso2-auth-header"], "x-wso2-auth-header is not a string")),
     };
-    let mut production = endpoints_field(&doc, root, "x-wso2-production-endpoints", &[])?;
-    let sandbox = endpoints_field(&doc, root, "x-wso2-sandbox-endpoints", &[])?;
+    let mut production = endpoints_field(&doc, root, "x-wso2-production-endpoints", &[], warnings)?;
+    let sandbox = endpoints_field(&doc, root, "x-wso2-sandbox-endpoints", &[], warnings)?;
     if production.is_none() {
         production = server_fallback(&doc, root, swagger2)?;
     }
     let cors = cors_field(&doc, root)?;
+    let https_only = transports_field(&doc, root)?;
 
     let schemes = if swagger2 {
         root.get("securityDefinitions")
@@ -566,6 +599,7 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
                     security,
                     at: &security_at,
                     security_disabled: op_disable,
+                    scope_rule,
                 },
                 schemes,
                 warnings,
@@ -576,8 +610,8 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
                 tier: op_tier,
                 disable_security: op_disable,
                 scopes,
-                production: endpoints_field(&doc, opo, "x-wso2-production-endpoints", &at)?,
-                sandbox: endpoints_field(&doc, opo, "x-wso2-sandbox-endpoints", &at)?,
+                production: endpoints_field(&doc, opo, "x-wso2-production-endpoints", &at, warnings)?,
+                sandbox: endpoints_field(&doc, opo, "x-wso2-sandbox-endpoints", &at, warnings)?,
                 bearer: true,
                 api_key: false,
             });
@@ -598,6 +632,18 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
         ));
     }
 
+    // As in WSO2, credentials given for the API's endpoints also apply to an operation's own
+    // endpoints of the same kind that give none.
+    for op in &mut operations {
+        for (own, api_level) in [(&mut op.production, &production), (&mut op.sandbox, &sandbox)] {
+            if let (Some(own), Some(api_level)) = (own.as_mut(), api_level) {
+                if own.basic_auth.is_none() {
+                    own.basic_auth.clone_from(&api_level.basic_auth);
+                }
+            }
+        }
+    }
+
     let api = Api {
         name,
         version,
@@ -609,7 +655,7 @@ fn compile_api(file: &Path, policies: &[Policy], warnings: &mut Vec<String>) -> 
         sandbox,
         cors,
         operations,
-        https_only: false,
+        https_only,
         api_key_locations: Vec::new(),
     };
     let no_endpoint = api.production.is_none()
@@ -707,6 +753,7 @@ fn endpoints_field(
     obj: &Map<String, Value>,
     key: &str,
     at: &[&str],
+    warnings: &mut Vec<String>,
 ) -> Result<Option<Endpoints>, ProjectError> {
     let Some(v) = obj.get(key) else { return Ok(None) };
     let at: Vec<&str> = [at, &[key]].concat();
@@ -725,8 +772,11 @@ fn endpoints_field(
     };
     let o = v.as_object().ok_or_else(|| doc.fail(&at, format!("{key} is not a mapping with urls")))?;
     for k in o.keys() {
-        if !matches!(k.as_str(), "urls" | "type") {
-            return Err(doc.fail(&at, format!("{key}.{k} is not supported (only urls and type)")));
+        if !matches!(k.as_str(), "urls" | "type" | "securityConfig" | "advanceEndpointConfig") {
+            return Err(doc.fail(
+                &at,
+                format!("{key}.{k} is not supported (urls, type, securityConfig, advanceEndpointConfig)"),
+            ));
         }
     }
     let urls: Vec<String> = match o.get("urls") {
@@ -755,7 +805,143 @@ fn endpoints_field(
         }
     };
     let kind = if urls.len() == 1 { EndpointKind::Single } else { kind };
-    Ok(Some(Endpoints { kind, urls, ..Endpoints::default() }))
+    let basic_auth = match o.get("securityConfig") {
+        None => None,
+        Some(v) => Some(security_config(doc, &at, key, v)?),
+    };
+    let (timeout_ms, retries) = match o.get("advanceEndpointConfig") {
+        None => (None, 0),
+        Some(v) => advance_config(doc, &at, key, v, warnings)?,
+    };
+    Ok(Some(Endpoints { kind, urls, timeout_ms, retries, basic_auth }))
+}
+
+/// `securityConfig` of an endpoint list: HTTP basic credentials for the backend. The password
+/// never appears in a message (nor does anything else of the mapping's values).
+fn security_config(doc: &Doc, at: &[&str], key: &str, v: &Value) -> Result<model::BasicAuth, ProjectError> {
+    let what = format!("{key}.securityConfig");
+    let o = v.as_object().ok_or_else(|| doc.fail(at, format!("{what} is not a mapping")))?;
+    for k in o.keys() {
+        if !matches!(k.as_str(), "type" | "username" | "password") {
+            return Err(doc.fail(at, format!("{what}.{k} is not supported (type, username, password)")));
+        }
+    }
+    match o.get("type").and_then(Value::as_str) {
+        Some(t) if t.eq_ignore_ascii_case("basic") => {}
+        Some(t) => {
+            return Err(doc.fail(
+                at,
+                format!(
+                    "{what}.type {t:?} is not supported: gatelet sends only HTTP basic credentials to a \
+                     backend (type: basic); a backend can instead trust the caller's token gatelet \
+                     forwards in X-JWT-Assertion"
+                ),
+            ));
+        }
+        None => return Err(doc.fail(at, format!("{what}.type is missing: say type: basic"))),
+    }
+    let username = match o.get("username") {
+        Some(Value::String(u)) if !u.is_empty() => u.clone(),
+        _ => return Err(doc.fail(at, format!("{what}.username is missing or not a non-empty string"))),
+    };
+    if username.contains(':') {
+        return Err(doc.fail(at, format!("{what}.username cannot contain ':' (RFC 7617)")));
+    }
+    let password = match o.get("password") {
+        Some(Value::String(p)) => p.clone(),
+        Some(_) => return Err(doc.fail(at, format!("{what}.password is not a string"))),
+        None => {
+            return Err(doc.fail(
+                at,
+                format!(
+                    "{what}.password is missing: a device reads nothing but the signed bundle, so the \
+                     password must be in the definition"
+                ),
+            ));
+        }
+    };
+    Ok(model::BasicAuth { username, password })
+}
+
+/// `advanceEndpointConfig` of an endpoint list: the response timeout and the retry count.
+fn advance_config(
+    doc: &Doc,
+    at: &[&str],
+    key: &str,
+    v: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<(Option<u32>, u8), ProjectError> {
+    let what = format!("{key}.advanceEndpointConfig");
+    let o = v.as_object().ok_or_else(|| doc.fail(at, format!("{what} is not a mapping")))?;
+    for k in o.keys() {
+        if !matches!(k.as_str(), "timeoutInMillis" | "retryConfig") {
+            return Err(doc.fail(at, format!("{what}.{k} is not supported (timeoutInMillis, retryConfig)")));
+        }
+    }
+    let timeout_ms = match o.get("timeoutInMillis") {
+        None => None,
+        Some(t) => Some(
+            t.as_u64()
+                .filter(|t| (1..=u64::from(model::MAX_ENDPOINT_TIMEOUT_MS)).contains(t))
+                .and_then(|t| u32::try_from(t).ok())
+                .ok_or_else(|| {
+                    doc.fail(
+                        at,
+                        format!(
+                            "{what}.timeoutInMillis: give a whole number of milliseconds from 1 to {}",
+                            model::MAX_ENDPOINT_TIMEOUT_MS
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let Some(retry) = o.get("retryConfig") else { return Ok((timeout_ms, 0)) };
+    let r = retry.as_object().ok_or_else(|| doc.fail(at, format!("{what}.retryConfig is not a mapping")))?;
+    let mut ignored = Vec::new();
+    for k in r.keys() {
+        match k.as_str() {
+            "count" => {}
+            "statusCodes" | "intervalInMillis" | "backOffFactor" | "maxWaitIntervalInMillis" => {
+                ignored.push(k.as_str());
+            }
+            _ => {
+                return Err(doc.fail(
+                    at,
+                    format!(
+                        "{what}.retryConfig.{k} is not supported (count; statusCodes, intervalInMillis, \
+                         backOffFactor and maxWaitIntervalInMillis are read and ignored)"
+                    ),
+                ));
+            }
+        }
+    }
+    let retries = match r.get("count") {
+        None => 0,
+        Some(c) => c
+            .as_u64()
+            .and_then(|c| u8::try_from(c).ok())
+            .filter(|c| *c <= model::MAX_RETRIES)
+            .ok_or_else(|| {
+                doc.fail(
+                    at,
+                    format!("{what}.retryConfig.count: give a whole number from 0 to {}", model::MAX_RETRIES),
+                )
+            })?,
+    };
+    if !ignored.is_empty() {
+        let line = locate(&doc.text, &[&at[..], &["retryConfig"]].concat())
+            .or_else(|| locate(&doc.text, at))
+            .map_or(String::new(), |l| format!(":{l}"));
+        warnings.push(format!(
+            "{}{line}: {what}.retryConfig: {} ignored: gatelet retries only a request that never reached \
+             a backend (its connection failed before any byte of it was sent), at once, on the next URL; \
+             retrying after a status code or a wait would repeat a request the backend already received, \
+             which can repeat a non-idempotent action",
+            doc.file.display(),
+            ignored.join(", ")
+        ));
+    }
+    Ok((timeout_ms, retries))
 }
 
 fn lookup_endpoint(root: &Value, name: &str) -> Option<Value> {
@@ -859,47 +1045,98 @@ fn string_list(doc: &Doc, v: Option<&Value>, at: &[&str], what: &str) -> Result<
     }
 }
 
+/// `x-wso2-transports`: `[https]` makes the API HTTPS-only; `[http]` or `[http, https]` (and no
+/// list at all) serve it on both listeners, as Microgateway did.
+fn transports_field(doc: &Doc, root: &Map<String, Value>) -> Result<bool, ProjectError> {
+    let key = "x-wso2-transports";
+    let Some(v) = root.get(key) else { return Ok(false) };
+    let list = string_list(doc, Some(v), &[key], key)?;
+    if list.is_empty() {
+        return Err(doc.fail(&[key], format!("{key} is empty: list http, https or both")));
+    }
+    let (mut http, mut https) = (false, false);
+    for t in &list {
+        match t.to_ascii_lowercase().as_str() {
+            "http" => http = true,
+            "https" => https = true,
+            _ => {
+                return Err(doc.fail_value(
+                    &[key],
+                    t,
+                    format!("{key}: unknown transport {t:?} (use http, https or both)"),
+                ));
+            }
+        }
+    }
+    Ok(https && !http)
+}
+
+/// The keys of `x-wso2-cors`, as words; each is accepted in the three spellings WSO2 accepts
+/// (`accessControlAllowOrigins`, `access_control_allow_origins`, `access-control-allow-origins`).
+const CORS_KEYS: [&[&str]; 6] = [
+    &["access", "control", "allow", "origins"],
+    &["access", "control", "allow", "headers"],
+    &["access", "control", "allow", "methods"],
+    &["access", "control", "allow", "credentials"],
+    &["access", "control", "expose", "headers"],
+    &["cors", "configuration", "enabled"],
+];
+
+/// Which of [`CORS_KEYS`] `key` spells, if any.
+fn cors_key(key: &str) -> Option<usize> {
+    CORS_KEYS.iter().position(|words| {
+        let camel: String = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    (*w).to_owned()
+                } else {
+                    let mut c = w.chars();
+                    c.next().map_or(String::new(), |f| f.to_ascii_uppercase().to_string() + c.as_str())
+                }
+            })
+            .collect();
+        key == camel || key == words.join("_") || key == words.join("-")
+    })
+}
+
 fn cors_field(doc: &Doc, root: &Map<String, Value>) -> Result<Option<Cors>, ProjectError> {
     let Some(v) = root.get("x-wso2-cors") else { return Ok(None) };
     let at = ["x-wso2-cors"];
     let o = v.as_object().ok_or_else(|| doc.fail(&at, "x-wso2-cors is not a mapping"))?;
-    for k in o.keys() {
-        if !matches!(
-            k.as_str(),
-            "access-control-allow-origins"
-                | "access-control-allow-headers"
-                | "access-control-allow-methods"
-                | "access-control-allow-credentials"
-                | "corsConfigurationEnabled"
-        ) {
-            return Err(doc.fail(&at, format!("x-wso2-cors.{k} is not a known CORS key")));
+    // The value of each key, and the spelling it was found under.
+    let mut found: [Option<(&str, &Value)>; CORS_KEYS.len()] = Default::default();
+    for (k, v) in o {
+        let i = cors_key(k)
+            .ok_or_else(|| doc.fail_value(&at, k, format!("x-wso2-cors.{k} is not a known CORS key")))?;
+        if let Some((other, _)) = found[i] {
+            return Err(doc.fail_value(
+                &at,
+                k,
+                format!("x-wso2-cors: {other} and {k} are two spellings of one key; keep one"),
+            ));
         }
+        found[i] = Some((k.as_str(), v));
     }
-    if o.get("corsConfigurationEnabled") == Some(&Value::Bool(false)) {
-        return Ok(None);
-    }
-    Ok(Some(Cors {
-        allow_origins: string_list(
-            doc,
-            o.get("access-control-allow-origins"),
-            &at,
-            "access-control-allow-origins",
-        )?,
-        allow_headers: string_list(
-            doc,
-            o.get("access-control-allow-headers"),
-            &at,
-            "access-control-allow-headers",
-        )?,
-        allow_methods: string_list(
-            doc,
-            o.get("access-control-allow-methods"),
-            &at,
-            "access-control-allow-methods",
-        )?,
-        allow_credentials: bool_field(doc, o, "access-control-allow-credentials", &at)?.unwrap_or(false),
-        expose_headers: Vec::new(),
-    }))
+    let list = |i: usize| match found[i] {
+        Some((k, v)) => string_list(doc, Some(v), &at, &format!("x-wso2-cors.{k}")),
+        None => Ok(Vec::new()),
+    };
+    let flag = |i: usize| match found[i] {
+        None => Ok(None),
+        Some((_, Value::Bool(b))) => Ok(Some(*b)),
+        Some((k, _)) => Err(doc.fail_value(&at, k, format!("x-wso2-cors.{k} is not true or false"))),
+    };
+    let enabled = flag(5)?.unwrap_or(true);
+    let cors = Cors {
+        allow_origins: list(0)?,
+        allow_headers: list(1)?,
+        allow_methods: list(2)?,
+        allow_credentials: flag(3)?.unwrap_or(false),
+        expose_headers: list(4)?,
+    };
+    Ok(enabled.then_some(cors))
 }
 
 /// What gatelet makes of a security scheme.
@@ -942,13 +1179,16 @@ struct Requirements<'a> {
     at: &'a [&'a str],
     /// `x-wso2-disable-security`: the requirements are never checked.
     security_disabled: bool,
+    /// Whether the scopes of one requirement are alternatives or all needed.
+    scope_rule: ScopeRule,
 }
 
 /// OpenAPI security requirements → the scope alternatives a bearer JWT must meet (see
 /// [`model::Operation::scopes`]).
 ///
-/// A requirement whose schemes are all JWT schemes becomes the union of their scopes; one that
-/// needs no scope makes any valid token enough, as does no `security` at all (WSO2's default:
+/// A requirement whose schemes are all JWT schemes stands for the union of their scopes: under
+/// [`ScopeRule::AnyOf`] (WSO2's reading) each of them is an alternative of its own, under
+/// [`ScopeRule::AllOf`] (OpenAPI's) the union is one alternative. One that needs no scope makes any valid token enough, as does no `security` at all (WSO2's default:
 /// security on, no scope). A requirement that needs a scheme gatelet cannot check is dropped
 /// with a warning, and an operation left with none fails the build, unless its security is
 /// disabled.
@@ -1001,6 +1241,8 @@ fn scopes_of(
         all.dedup();
         if all.is_empty() {
             any_token = true;
+        } else if reqs.scope_rule == ScopeRule::AnyOf {
+            alts.extend(all.into_iter().map(|s| vec![s]));
         } else {
             alts.push(all);
         }
@@ -1246,9 +1488,10 @@ components:
         assert!(scopes(&c).is_empty() && c.warnings.is_empty(), "{:?} {:?}", scopes(&c), c.warnings);
         let c = pets("empty", "[{}]", "").expect("valid");
         assert!(scopes(&c).is_empty());
-        // Two JWT schemes in one requirement: one token, the union of their scopes.
+        // Two JWT schemes in one requirement: one token, the union of their scopes, each an
+        // alternative under the default (WSO2's) reading.
         let c = pets("union", "[{oauth2: [write:pets], oidc: [read:pets]}]", "").expect("valid");
-        assert_eq!(scopes(&c), [vec!["read:pets".to_owned(), "write:pets".to_owned()]]);
+        assert_eq!(scopes(&c), [vec!["read:pets".to_owned()], vec!["write:pets".to_owned()]]);
         // Every alternative that remains is a non-empty list: the bundle's check refuses anything else.
         let c =
             pets("alts", "[{oauth2: [write:pets]}, {oidc: [read:pets]}, {basic: []}]", "").expect("valid");
@@ -1257,6 +1500,193 @@ components:
         let e =
             pets("untyped", "[{untyped: []}, {oauth2: [write:pets]}]", "").map(|_| ()).expect_err("no type");
         assert!(e.to_string().contains("security scheme \"untyped\" has no type"), "{e}");
+    }
+
+    /// A project with `toml` as its gatelet.toml and one definition, `api`.
+    fn project(name: &str, toml: &str, api: &str) -> Result<Compiled, ProjectError> {
+        let dir = std::env::temp_dir().join(format!("gatelet-project-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("apis")).expect("temp dir");
+        std::fs::write(dir.join("gatelet.toml"), toml).expect("write");
+        std::fs::write(dir.join("apis/api.yaml"), api).expect("write");
+        let out = compile(&dir, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    /// An API with `top` at its top level and `security` on `GET /pets`.
+    fn wso2_api(top: &str, security: &str) -> String {
+        format!(
+            "openapi: 3.0.3\ninfo: {{title: Pets, version: 1.0.0}}\nx-wso2-basePath: /pets/{{version}}\n\
+             x-wso2-production-endpoints: {{urls: ['http://127.0.0.1:8080']}}\n{top}\n\
+             paths:\n  /pets:\n    get:\n      security: {security}\n      responses: {{'200': {{description: ok}}}}\n\
+             components:\n  securitySchemes:\n    oauth: {{type: oauth2, flows: {{clientCredentials: {{tokenUrl: 'https://idp/t', scopes: {{a: a, b: b, c: c}}}}}}}}\n"
+        )
+    }
+
+    #[test]
+    fn scopes_in_one_requirement_are_alternatives_unless_the_project_says_all_of() {
+        let api = wso2_api("", "[{oauth: [b, a]}, {oauth: [c]}]");
+        for toml in ["label = \"t\"\n", "label = \"t\"\nscopes = \"any-of\"\n"] {
+            let c = project("any-of", toml, &api).expect("builds");
+            assert_eq!(c.manifest.scope_rule, ScopeRule::AnyOf);
+            assert_eq!(scopes(&c), [vec!["a".to_owned()], vec!["b".to_owned()], vec!["c".to_owned()]]);
+        }
+        let c = project("all-of", "label = \"t\"\nscopes = \"all-of\"\n", &api).expect("builds");
+        assert_eq!(c.manifest.scope_rule, ScopeRule::AllOf);
+        assert_eq!(scopes(&c), [vec!["a".to_owned(), "b".to_owned()], vec!["c".to_owned()]]);
+        let e =
+            project("bad-rule", "label = \"t\"\n\nscopes = \"some\"\n", &api).map(|_| ()).expect_err("bad");
+        assert!(
+            e.to_string().contains("gatelet.toml:3: scopes = \"some\"") && e.to_string().contains("all-of"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cors_keys_in_every_spelling_wso2_accepts() {
+        let sec = "[{oauth: []}]";
+        for (origins, headers, methods, credentials, expose) in [
+            (
+                "accessControlAllowOrigins",
+                "accessControlAllowHeaders",
+                "accessControlAllowMethods",
+                "accessControlAllowCredentials",
+                "accessControlExposeHeaders",
+            ),
+            (
+                "access_control_allow_origins",
+                "access_control_allow_headers",
+                "access_control_allow_methods",
+                "access_control_allow_credentials",
+                "access_control_expose_headers",
+            ),
+            (
+                "access-control-allow-origins",
+                "access-control-allow-headers",
+                "access-control-allow-methods",
+                "access-control-allow-credentials",
+                "access-control-expose-headers",
+            ),
+        ] {
+            let top = format!(
+                "x-wso2-cors: {{{origins}: ['https://a.example'], {headers}: [authorization], {methods}: [GET], \
+                 {credentials}: true, {expose}: [x-total-count, etag]}}"
+            );
+            let c = project("cors", "label = \"t\"\n", &wso2_api(&top, sec)).expect(origins);
+            let cors = c.manifest.apis[0].cors.clone().expect("cors on");
+            assert_eq!(cors.allow_origins, ["https://a.example"], "{origins}");
+            assert_eq!((cors.allow_headers.len(), cors.allow_methods.len()), (1, 1), "{origins}");
+            assert!(cors.allow_credentials, "{credentials}");
+            assert_eq!(cors.expose_headers, ["x-total-count", "etag"], "{expose}");
+        }
+        for off in ["corsConfigurationEnabled", "cors_configuration_enabled", "cors-configuration-enabled"] {
+            let top = format!("x-wso2-cors: {{{off}: false, accessControlAllowOrigins: ['*']}}");
+            let c = project("cors-off", "label = \"t\"\n", &wso2_api(&top, sec)).expect(off);
+            assert!(c.manifest.apis[0].cors.is_none(), "{off}");
+        }
+        let top = "x-wso2-cors: {accessControlAllowOrigins: ['*'], access-control-allow-origins: ['*']}";
+        let e = project("cors-twice", "label = \"t\"\n", &wso2_api(top, sec)).map(|_| ()).expect_err("twice");
+        assert!(e.to_string().contains("access-control-allow-origins and accessControlAllowOrigins"), "{e}");
+        for bad in ["AccessControlAllowOrigins", "access-control-allowOrigins", "accessControlAllowOrigin"] {
+            let top = format!("x-wso2-cors: {{{bad}: ['*']}}");
+            let e = project("cors-bad", "label = \"t\"\n", &wso2_api(&top, sec)).map(|_| ()).expect_err(bad);
+            assert!(e.to_string().contains("is not a known CORS key"), "{e}");
+        }
+    }
+
+    #[test]
+    fn transports_https_alone_makes_an_api_https_only() {
+        let sec = "[{oauth: []}]";
+        for (t, https_only) in [
+            ("", false),
+            ("x-wso2-transports: [http]", false),
+            ("x-wso2-transports: [http, https]", false),
+            ("x-wso2-transports: [https]", true),
+            ("x-wso2-transports: [HTTPS]", true),
+        ] {
+            let c = project("transports", "label = \"t\"\n", &wso2_api(t, sec)).expect(t);
+            assert_eq!(c.manifest.apis[0].https_only, https_only, "{t}");
+            assert!(c.warnings.is_empty(), "{t}: {:?}", c.warnings);
+        }
+        for (t, why) in [
+            ("x-wso2-transports: [https, ftp]", "unknown transport \"ftp\""),
+            ("x-wso2-transports: []", "is empty"),
+            ("x-wso2-transports: https", "is not a list"),
+        ] {
+            let e = project("transports-bad", "label = \"t\"\n", &wso2_api(t, sec)).map(|_| ()).expect_err(t);
+            assert!(e.to_string().contains(why) && e.to_string().contains("api.yaml:"), "{t}: {e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_security_and_advanced_config() {
+        let sec = "[{oauth: []}]";
+        let api = wso2_api(
+            "x-wso2-sandbox-endpoints:\n  urls: ['http://127.0.0.1:8081']\n  securityConfig: {type: BASIC, username: sb, password: 's3cret!'}\n  \
+             advanceEndpointConfig:\n    timeoutInMillis: 2500\n    retryConfig: {count: 2, statusCodes: [504], intervalInMillis: 100, backOffFactor: 1.5, maxWaitIntervalInMillis: 900}",
+            sec,
+        );
+        let c = project("ep", "label = \"t\"\n", &api).expect("builds");
+        let sb = c.manifest.apis[0].sandbox.clone().expect("sandbox");
+        assert_eq!((sb.timeout_ms, sb.retries), (Some(2500), 2));
+        let b = sb.basic_auth.expect("basic");
+        assert_eq!((b.username.as_str(), b.password.as_str()), ("sb", "s3cret!"));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert!(
+            w.contains("backOffFactor, intervalInMillis, maxWaitIntervalInMillis, statusCodes ignored")
+                && w.contains("non-idempotent"),
+            "{w}"
+        );
+        // Credentials given for the API's endpoints apply to an operation's own list of that kind.
+        let api = "openapi: 3.0.3\ninfo: {title: P, version: '1'}\nx-wso2-basePath: /p\n\
+                   x-wso2-endpoints:\n  - backend: {urls: ['http://127.0.0.1:1'], securityConfig: {type: basic, username: u, password: p}}\n\
+                   x-wso2-production-endpoints: '#/x-wso2-endpoints/backend'\n\
+                   paths:\n  /a:\n    get:\n      x-wso2-production-endpoints: {urls: ['http://127.0.0.1:2']}\n      x-wso2-disable-security: true\n      responses: {'200': {description: ok}}\n";
+        let c = project("ep-inherit", "label = \"t\"\n", api).expect("builds");
+        assert!(
+            c.warnings.is_empty(),
+            "a referenced x-wso2-endpoints is used, not ignored: {:?}",
+            c.warnings
+        );
+        let op = &c.manifest.apis[0].operations[0];
+        assert_eq!(
+            op.production.as_ref().and_then(|e| e.basic_auth.as_ref()).map(|b| b.username.as_str()),
+            Some("u")
+        );
+        // Refusals: each names the key, none shows the password.
+        for (ep, why) in [
+            (
+                "securityConfig: {type: digest, username: u, password: hunter2}",
+                "type \"digest\" is not supported",
+            ),
+            ("securityConfig: {type: oauth, username: u, password: hunter2}", "only HTTP basic"),
+            ("securityConfig: {type: basic, username: u}", "password is missing"),
+            ("securityConfig: {type: basic, password: hunter2}", "username is missing"),
+            ("securityConfig: {type: basic, username: 'a:b', password: hunter2}", "cannot contain ':'"),
+            (
+                "securityConfig: {type: basic, username: u, password: hunter2, tokenUrl: x}",
+                "securityConfig.tokenUrl is not supported",
+            ),
+            ("advanceEndpointConfig: {timeoutInMillis: 0}", "timeoutInMillis: give a whole number"),
+            ("advanceEndpointConfig: {timeoutInMillis: 600001}", "timeoutInMillis"),
+            ("advanceEndpointConfig: {retryConfig: {count: 9}}", "count: give a whole number from 0 to 8"),
+            (
+                "advanceEndpointConfig: {retryConfig: {count: 1, jitter: 2}}",
+                "retryConfig.jitter is not supported",
+            ),
+            (
+                "advanceEndpointConfig: {circuitBreaker: {}}",
+                "advanceEndpointConfig.circuitBreaker is not supported",
+            ),
+        ] {
+            let top = format!("x-wso2-sandbox-endpoints: {{urls: ['http://127.0.0.1:8081'], {ep}}}");
+            let e = project("ep-bad", "label = \"t\"\n", &wso2_api(&top, sec)).map(|_| ()).expect_err(ep);
+            let text = e.to_string();
+            assert!(text.contains(why) && text.contains("x-wso2-sandbox-endpoints"), "{ep}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ use smol::Executor;
 use smol::net::TcpListener;
 use smol_hyper::rt::SmolTimer;
 
-use crate::bundle::model::{Api, Cors, Endpoints, Operation};
+use crate::bundle::model::{Api, BasicAuth, Cors, Endpoints, Operation};
 use crate::bundle::{self, Bundle};
 use crate::config::Config;
 use crate::router::{self, Miss, Router};
@@ -99,6 +99,21 @@ impl Active {
         )
         .map_err(|e| StartError(format!("throttling: {e}")))?;
         let clock = token::Clock::new(token::SystemTime, m.created_at, persisted_floor);
+        if config.server.listen_tls.is_empty() {
+            let https_only: Vec<String> = m
+                .apis
+                .iter()
+                .filter(|a| a.https_only)
+                .map(|a| format!("{} {} ({})", a.name, a.version, a.context))
+                .collect();
+            if !https_only.is_empty() {
+                log::warn!(
+                    "server.listen_tls is off, so these HTTPS-only APIs (x-wso2-transports: [https]) cannot be \
+                     served and every request for them is refused: {}",
+                    https_only.join(", ")
+                );
+            }
+        }
         Ok(Active { router: Router::new(m), validator, throttle, clock, bundle })
     }
 }
@@ -271,6 +286,8 @@ enum Refusal {
     BodyStalled,
     Upstream(UpstreamError),
     NotReady,
+    /// An HTTPS-only API (`x-wso2-transports: [https]`) asked for on the plain-HTTP listener.
+    HttpsRequired,
 }
 
 impl Gateway {
@@ -537,6 +554,18 @@ impl Gateway {
                 (502, 101503, "Runtime Error", "the backend could not be reached or failed to answer".into())
             }
             Refusal::NotReady => (503, 101503, "Service Unavailable", "no verified bundle is active".into()),
+            // 403, not a redirect: whatever the request carried has already crossed the network in
+            // clear, and a redirect would have clients resend it silently instead of fixing the
+            // URL. Not 421 either: the HTTPS listener is another origin, not another connection
+            // to this one. 900906 is what Microgateway answered (the API was not on its HTTP
+            // listener at all).
+            Refusal::HttpsRequired => (
+                403,
+                900906,
+                "HTTPS Required",
+                "this API is served over HTTPS only (x-wso2-transports); call the gateway's HTTPS listener"
+                    .into(),
+            ),
         };
         record.status = status;
         record.error_code = Some(code);
@@ -641,7 +670,8 @@ impl Gateway {
             if let (Some(origin), Some(asked)) = (&origin, asked) {
                 if let Ok(route) = active.router.route(&path, asked) {
                     if let Some((api, _)) = router::operation(manifest, route) {
-                        if let Some(cors) = &api.cors {
+                        // An HTTPS-only API is refused over HTTP below, preflight included.
+                        if let Some(cors) = api.cors.as_ref().filter(|_| tls || !api.https_only) {
                             record.api = Some(api.name.clone());
                             record.api_version = Some(api.version.clone());
                             record.context = Some(api.context.clone());
@@ -656,6 +686,11 @@ impl Gateway {
         }
         let route = active.router.route(&path, req.method().as_str()).map_err(|miss| match miss {
             Miss::NotFound => Refusal::NotFound,
+            Miss::MethodNotAllowed { api, .. }
+                if !tls && manifest.apis.get(api).is_some_and(|a| a.https_only) =>
+            {
+                Refusal::HttpsRequired
+            }
             Miss::MethodNotAllowed { api, path_template } => {
                 Refusal::MethodNotAllowed(active.router.allowed(api, path_template))
             }
@@ -671,6 +706,11 @@ impl Gateway {
         record.api_version = Some(api.version.clone());
         record.context = Some(api.context.clone());
         record.resource.clone_from(&op.path);
+        // Before authentication: over plain HTTP, the gateway does not even say whether the
+        // credentials would have been good.
+        if api.https_only && !tls {
+            return Err(Refusal::HttpsRequired);
+        }
 
         // Authenticate.
         let reading = active.clock.now();
@@ -746,6 +786,10 @@ impl Gateway {
             if let Ok(v) = HeaderValue::from_str(&raw_token) {
                 h.insert(HeaderName::from_static("x-jwt-assertion"), v);
             }
+        }
+        // The endpoint's own credentials (securityConfig), never the caller's (removed above).
+        if let Some(b) = &endpoints.basic_auth {
+            h.insert(header::AUTHORIZATION, basic_authorization(b));
         }
         let via_proxy = !self.trusted_proxies.is_empty() && self.trusted_proxies.contains(peer.ip());
         forwarded::set_forwarding(h, peer.ip(), tls, host.as_ref(), via_proxy);
@@ -922,6 +966,11 @@ fn cors_headers(cors: &Cors, origin: &HeaderValue, preflight: bool, h: &mut Head
     if cors.allow_credentials {
         h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
     }
+    if !preflight && !cors.expose_headers.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&cors.expose_headers.join(", ")) {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        }
+    }
     if preflight {
         for (name, list) in [
             (header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods),
@@ -932,6 +981,18 @@ fn cors_headers(cors: &Cors, origin: &HeaderValue, preflight: bool, h: &mut Head
             }
         }
     }
+}
+
+/// `Authorization: Basic` (RFC 7617) for a backend; marked sensitive so that it is never printed.
+fn basic_authorization(b: &BasicAuth) -> HeaderValue {
+    let encoded = <base64ct::Base64 as base64ct::Encoding>::encode_string(
+        format!("{}:{}", b.username, b.password).as_bytes(),
+    );
+    // Base64 output and the "Basic " prefix are visible ASCII: always a valid header value.
+    let mut v =
+        HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or(HeaderValue::from_static("Basic"));
+    v.set_sensitive(true);
+    v
 }
 
 fn name_lower(name: &'static str) -> &'static str {

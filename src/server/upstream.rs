@@ -2,9 +2,10 @@
 //! backend, connect and response timeouts, failover and round-robin lists, HTTP and HTTPS.
 //!
 //! A connection returns to its pool only once its response has been read to the end (hyper's
-//! `SendRequest::ready` says so), so a pooled connection is always idle. Only a failed *connect* is
-//! retried on the next URL of a list: once a request has been sent, it may have had effects, and a
-//! gateway must not repeat it.
+//! `SendRequest::ready` says so), so a pooled connection is always idle. Only a request that was
+//! never sent (the connection failed before any byte of it went out) is tried again, on the next
+//! URL of its list: once a request has been sent, it may have had effects, and a gateway must not
+//! repeat it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -243,20 +244,24 @@ impl Upstreams {
     }
 
     /// Picks the URL order for one request: failover tries the list in order; load balancing
-    /// starts at the next position in the rotation.
+    /// starts at the next position in the rotation. Each URL comes once, then `retries` more
+    /// attempts continue round the list (a single URL is tried again).
     fn order<'e>(&self, endpoints: &'e Endpoints) -> impl Iterator<Item = &'e String> {
         let n = endpoints.urls.len();
         let start = match endpoints.kind {
             EndpointKind::LoadBalance => self.next.fetch_add(1, Ordering::Relaxed) % n.max(1),
             EndpointKind::Single | EndpointKind::Failover => 0,
         };
-        (0..n).map(move |i| &endpoints.urls[(start + i) % n])
+        let attempts = if n == 0 { 0 } else { n + usize::from(endpoints.retries) };
+        (0..attempts).map(move |i| &endpoints.urls[(start + i) % n])
     }
 
-    /// Sends `request` to the first URL of `endpoints` that takes a connection, with the URI
-    /// set to the URL's path followed by `resource` and `query` and `Host` set to the URL's
-    /// authority. A pooled connection that turns out closed before the request left is replaced
-    /// by a fresh one; a request that left is never sent again.
+    /// Sends `request` to the first URL of `endpoints` that takes it, with the URI set to the
+    /// URL's path followed by `resource` and `query` and `Host` set to the URL's authority. A
+    /// pooled connection that turns out closed before the request left is replaced by a fresh
+    /// one; a fresh connection that fails before the request left counts as an attempt, like a
+    /// failed connect (see [`Upstreams::order`]); a request that left is never sent again. The
+    /// list's `timeout_ms`, when set, replaces the device's response timeout.
     pub async fn send(
         self: &Arc<Self>,
         endpoints: &Endpoints,
@@ -267,6 +272,8 @@ impl Upstreams {
     ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
         let mut last_err = String::from("no endpoint");
         let mut unsent = Some(request);
+        let timeout =
+            endpoints.timeout_ms.map_or(self.response_timeout, |t| Duration::from_millis(u64::from(t)));
         for raw in self.order(endpoints) {
             let url = match EndpointUrl::parse(raw) {
                 Ok(u) => u,
@@ -300,7 +307,7 @@ impl Upstreams {
                 }
                 let response =
                     smol::future::or(async { Some(conn.sender.try_send_request(req).await) }, async {
-                        response_deadline(self.response_timeout, body).await;
+                        response_deadline(timeout, body).await;
                         None
                     })
                     .await;
@@ -321,7 +328,13 @@ impl Upstreams {
                             log::debug!("pooled backend connection was closed; reconnecting");
                             unsent = Some(req);
                         }
-                        _ => return Err(UpstreamError::Failed(e.into_error().to_string())),
+                        // Not sent on a fresh connection either: the next attempt, if any.
+                        Some(req) => {
+                            unsent = Some(req);
+                            last_err = format!("{raw}: {}", e.into_error());
+                            break;
+                        }
+                        None => return Err(UpstreamError::Failed(e.into_error().to_string())),
                     },
                 }
             }
