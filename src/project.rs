@@ -929,7 +929,7 @@ fn advance_config(
             })?,
     };
     if !ignored.is_empty() {
-        let line = locate(&doc.text, &[&at[..], &["retryConfig"]].concat())
+        let line = locate(&doc.text, &[at, &["retryConfig"]].concat())
             .or_else(|| locate(&doc.text, at))
             .map_or(String::new(), |l| format!(":{l}"));
         warnings.push(format!(
