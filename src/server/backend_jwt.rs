@@ -30,7 +30,7 @@ pub const CACHE_ENTRIES: usize = 1024;
 const WSO2: &str = "http://wso2.org/claims/";
 
 enum DeviceKey {
-    Ed25519 { key: ed25519_dalek::SigningKey, kid: String },
+    Ed25519 { key: Box<ed25519_dalek::SigningKey>, kid: String },
     Rsa(openssl::pkey::PKey<openssl::pkey::Private>),
 }
 
@@ -200,7 +200,7 @@ fn load_key(path: &Path) -> Result<DeviceKey, StartError> {
     }
     if let Ok(key) = crate::keys::load_signing_key(path) {
         let kid = crate::keys::jwk_thumbprint(&key.verifying_key());
-        return Ok(DeviceKey::Ed25519 { key, kid });
+        return Ok(DeviceKey::Ed25519 { key: Box::new(key), kid });
     }
     let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| at(&e.to_string()))?);
     let pkey = openssl::pkey::PKey::private_key_from_pem(&pem)
