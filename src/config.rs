@@ -30,6 +30,7 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub usage: crate::usage::UsageConfig,
     pub log: LogConfig,
+    pub backend_jwt: BackendJwtConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +180,90 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { level: "info".into() }
+    }
+}
+
+/// What the backend is told about the caller (`[backend_jwt]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendJwtMode {
+    /// The caller's validated bearer token, as it came (an API key is never forwarded).
+    #[default]
+    Forward,
+    /// Nothing.
+    None,
+    /// A short-lived JWT signed by the device with WSO2's backend claims.
+    Sign,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendJwtConfig {
+    pub mode: BackendJwtMode,
+    /// The device's signing key (`sign` only): Ed25519 (EdDSA) or RSA of at least 2048 bits
+    /// (RS256), PKCS#8 PEM as `gatelet keygen` or `openssl genpkey` write it.
+    pub key: PathBuf,
+    /// Lifetime of a signed JWT (`sign` only); never beyond the caller's own credential.
+    pub ttl_s: u64,
+    /// The header the backend reads (`forward` and `sign`).
+    pub header: String,
+    /// The `iss` of a signed JWT; WSO2's gateway writes `wso2.org/products/am`.
+    pub issuer: String,
+}
+
+impl Default for BackendJwtConfig {
+    fn default() -> Self {
+        BackendJwtConfig {
+            mode: BackendJwtMode::Forward,
+            key: "/etc/gatelet/backend.key".into(),
+            ttl_s: 300,
+            header: "x-jwt-assertion".into(),
+            issuer: "wso2.org/products/am".into(),
+        }
+    }
+}
+
+/// Headers `[backend_jwt] header` may not name: gatelet sets or strips them for other reasons.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "x-request-id",
+];
+
+impl BackendJwtConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.ttl_s) {
+            return Err(ConfigError("backend_jwt.ttl_s must be 1 to 86400".into()));
+        }
+        let h = self.header.to_ascii_lowercase();
+        if !crate::bundle::model::is_header_name(&h) || RESERVED_HEADERS.contains(&h.as_str()) {
+            return Err(ConfigError(format!(
+                "backend_jwt.header = {:?}: not a header name gatelet can set (reserved: {})",
+                self.header,
+                RESERVED_HEADERS.join(", ")
+            )));
+        }
+        if self.mode == BackendJwtMode::Sign && self.key.as_os_str().is_empty() {
+            return Err(ConfigError("backend_jwt.mode = \"sign\" needs backend_jwt.key".into()));
+        }
+        if self.issuer.is_empty() || self.issuer.chars().any(char::is_control) {
+            return Err(ConfigError("backend_jwt.issuer must be a non-empty line of text".into()));
+        }
+        Ok(())
     }
 }
 
@@ -364,6 +449,7 @@ impl Config {
             return Err(ConfigError("bundle.trusted_keys is empty: no bundle could ever be accepted".into()));
         }
         self.usage.validate().map_err(|e| ConfigError(format!("[usage] {e}")))?;
+        self.backend_jwt.check()?;
         if log_level(&self.log.level).is_none() {
             return Err(ConfigError(format!(
                 "log.level = {:?}: use error, warn, info, debug or trace",
@@ -487,5 +573,31 @@ mod tests {
         let e = Config::resolve(Some(&f), env(&[]), &Overrides::default()).expect_err("bad toml");
         assert!(e.0.contains(":1:") || e.0.contains(":2:"), "{e}");
         std::fs::remove_file(f).expect("cleanup");
+    }
+
+    #[test]
+    fn backend_jwt_section() {
+        let c = Config::resolve(None, env(&[]), &Overrides::default()).expect("defaults");
+        assert_eq!(c.backend_jwt.mode, BackendJwtMode::Forward, "as before: the caller's token");
+        let f = file(
+            "[backend_jwt]\nmode = \"sign\"\nkey = \"/k.pem\"\nttl_s = 60\nheader = \"X-Backend-JWT\"\n",
+        );
+        let c = Config::resolve(Some(&f), env(&[("GATELET_BACKEND_JWT_TTL_S", "30")]), &Overrides::default())
+            .expect("valid");
+        std::fs::remove_file(f).expect("cleanup");
+        assert_eq!((c.backend_jwt.mode, c.backend_jwt.ttl_s), (BackendJwtMode::Sign, 30));
+        assert_eq!(c.backend_jwt.key, PathBuf::from("/k.pem"));
+        let c = Config::resolve(None, env(&[("GATELET_BACKEND_JWT_MODE", "none")]), &Overrides::default())
+            .expect("valid");
+        assert_eq!(c.backend_jwt.mode, BackendJwtMode::None);
+        for (var, value, named) in [
+            ("GATELET_BACKEND_JWT_MODE", "signed", "signed"),
+            ("GATELET_BACKEND_JWT_TTL_S", "0", "backend_jwt.ttl_s"),
+            ("GATELET_BACKEND_JWT_HEADER", "authorization", "backend_jwt.header"),
+            ("GATELET_BACKEND_JWT_HEADER", "x bad", "backend_jwt.header"),
+        ] {
+            let e = Config::resolve(None, env(&[(var, value)]), &Overrides::default()).expect_err(value);
+            assert!(e.0.contains(named), "{e}");
+        }
     }
 }

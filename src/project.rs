@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::bundle::model::{
-    self, Api, Cors, EndpointKind, Endpoints, Issuer, IssuerKey, Manifest, Method, Operation, Policy,
-    PolicyLevel, ScopeRule, UNLIMITED,
+    self, Api, ApiKeyLocation, Cors, EndpointKind, Endpoints, Issuer, IssuerKey, Manifest, Method, Operation,
+    Policy, PolicyLevel, ScopeRule, UNLIMITED,
 };
 use crate::keys;
 
@@ -75,6 +75,9 @@ struct ProjectToml {
     /// How several scopes in one security requirement combine: `"any-of"` (WSO2's reading, the
     /// default) or `"all-of"` (OpenAPI's).
     scopes: Option<String>,
+    /// The subscription tier of a token that names none for the API (see
+    /// [`Manifest::default_subscription_tier`]): absent means WSO2's `Default`; `""` means none.
+    default_subscription_tier: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +91,12 @@ struct IssuerToml {
     jwks: Option<String>,
     #[serde(default)]
     validate_subscription: bool,
+    /// Its JWTs are accepted as bearer tokens (`false`: an API-key-only issuer).
+    #[serde(default = "yes")]
+    tokens: bool,
+    /// Its JWTs are accepted as WSO2 API keys.
+    #[serde(default)]
+    api_keys: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,8 +271,8 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
             keys: ikeys,
             validate_subscription: it.validate_subscription,
             algorithms: Vec::new(),
-            tokens: true,
-            api_keys: false,
+            tokens: it.tokens,
+            api_keys: it.api_keys,
         });
     }
 
@@ -399,6 +408,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
         Err(_) => newest.0,
     };
 
+    let default_tier = default_subscription_tier(&project, &policies, &toml_text, &toml_path)?;
     let manifest = Manifest {
         label: project.label.clone(),
         serial,
@@ -408,11 +418,65 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
         apis,
         revoked_jti: revoked,
         scope_rule,
-        default_subscription_tier: None,
+        default_subscription_tier: default_tier,
     };
+    if !manifest.issuers.iter().any(|i| i.api_keys) {
+        let takes_keys = |a: &Api| a.operations.iter().any(|o| o.api_key && !o.disable_security);
+        for api in manifest.apis.iter().filter(|a| takes_keys(a)) {
+            warnings.push(format!(
+                "API {:?} {:?} accepts API keys, but no issuer has api_keys = true: every key will be \
+                 refused",
+                api.name, api.version
+            ));
+        }
+    }
     manifest.check().map_err(|e| err(&toml_path, None, e.0))?;
     Ok(Compiled { manifest, warnings })
 }
+
+/// The project's `default_subscription_tier`: absent is WSO2's `Default` policy, `""` is none
+/// (such callers are not limited at the subscription level), anything else a subscription
+/// policy or `Unlimited`.
+fn default_subscription_tier(
+    project: &ProjectToml,
+    policies: &[Policy],
+    toml_text: &str,
+    toml_path: &Path,
+) -> Result<Option<String>, ProjectError> {
+    match project.default_subscription_tier.as_deref() {
+        None => Ok(Some(DEFAULT_SUBSCRIPTION_TIER.to_owned())),
+        Some("") => Ok(None),
+        Some(t)
+            if t == UNLIMITED
+                || policies.iter().any(|p| p.level == PolicyLevel::Subscription && p.name == t) =>
+        {
+            Ok(Some(t.to_owned()))
+        }
+        Some(t) => {
+            let known: Vec<&str> = policies
+                .iter()
+                .filter(|p| p.level == PolicyLevel::Subscription)
+                .map(|p| p.name.as_str())
+                .collect();
+            Err(err(
+                toml_path,
+                toml_text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with("default_subscription_tier"))
+                    .map(|i| i + 1),
+                format!(
+                    "default_subscription_tier {t:?} is not a subscription policy (known: {}, {UNLIMITED}; \
+                     \"\" for none)",
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The subscription tier of tokens that name none, unless the project says otherwise: WSO2's
+/// `Default` subscription policy (500 requests a minute unless redefined).
+pub const DEFAULT_SUBSCRIPTION_TIER: &str = "Default";
 
 /// Extensions accepted and ignored with a warning: they change nothing gatelet decides.
 const IGNORED_EXTENSIONS: &[&str] = &["x-wso2-owner", "x-wso2-response-cache", "x-wso2-endpoints"];
@@ -552,6 +616,7 @@ fn compile_api(
 
     let paths = root.get("paths").and_then(Value::as_object).ok_or_else(|| doc.fail(&[], "missing paths"))?;
     let mut operations = Vec::new();
+    let mut api_key_locations: Vec<ApiKeyLocation> = Vec::new();
     for (path, item) in paths {
         let item = item
             .as_object()
@@ -592,7 +657,7 @@ fn compile_api(
                 Some(s) => (Some(s), [&at[..], &["security"]].concat()),
                 None => (api_security, vec!["security"]),
             };
-            let scopes = scopes_of(
+            let security = scopes_of(
                 &doc,
                 &Requirements {
                     operation: &format!("{} {path}", method.as_str()),
@@ -609,12 +674,17 @@ fn compile_api(
                 path: path_norm.clone(),
                 tier: op_tier,
                 disable_security: op_disable,
-                scopes,
+                scopes: security.scopes,
                 production: endpoints_field(&doc, opo, "x-wso2-production-endpoints", &at, warnings)?,
                 sandbox: endpoints_field(&doc, opo, "x-wso2-sandbox-endpoints", &at, warnings)?,
-                bearer: true,
-                api_key: false,
+                bearer: security.bearer,
+                api_key: security.api_key,
             });
+            for loc in security.locations {
+                if !api_key_locations.contains(&loc) {
+                    api_key_locations.push(loc);
+                }
+            }
         }
     }
     if operations.is_empty() {
@@ -656,7 +726,16 @@ fn compile_api(
         cors,
         operations,
         https_only,
-        api_key_locations: Vec::new(),
+        api_key_locations: {
+            api_key_locations.sort_by(|a, b| (a.query, &a.name).cmp(&(b.query, &b.name)));
+            if api_key_locations.len() > model::MAX_API_KEY_LOCATIONS {
+                return Err(doc.fail(
+                    &["components"],
+                    format!("more than {} API key locations", model::MAX_API_KEY_LOCATIONS),
+                ));
+            }
+            api_key_locations
+        },
     };
     let no_endpoint = api.production.is_none()
         && api.sandbox.is_none()
@@ -1145,11 +1224,11 @@ enum SchemeKind {
     /// Carried as a bearer JWT (OAuth2, OpenID Connect, HTTP bearer): the token validator checks
     /// it, scopes included.
     Jwt,
-    /// A credential gatelet does not read (an API key, HTTP basic, mutual TLS, anything else),
-    /// named for messages. A requirement that needs one can never be met, so it is dropped: were
-    /// it kept, a JWT would stand in for a credential nobody checked. WSO2 API keys (PRODUCT.md
-    /// section 4) will give `apiKey` a kind of its own, compiled into a requirement of its own;
-    /// until then it is here.
+    /// A WSO2 API key (a self-contained JWT) read from a header or a query parameter.
+    ApiKey(ApiKeyLocation),
+    /// A credential gatelet does not read (HTTP basic, mutual TLS, anything else), named for
+    /// messages. A requirement that needs one can never be met, so it is dropped: were it kept, a
+    /// JWT would stand in for a credential nobody checked.
     Unchecked(String),
 }
 
@@ -1165,8 +1244,57 @@ fn scheme_kind(doc: &Doc, name: &str, def: &Value, at: &[&str]) -> Result<Scheme
             Some(s) => SchemeKind::Unchecked(format!("http {}", s.to_ascii_lowercase())),
             None => SchemeKind::Unchecked("http".into()),
         },
+        "apiKey" => {
+            let key_name = def.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+            let Some(key_name) = key_name else {
+                return Err(doc.fail(at, format!("apiKey security scheme {name:?} has no name")));
+            };
+            match def.get("in").and_then(Value::as_str) {
+                Some("header") => {
+                    let lower = key_name.to_ascii_lowercase();
+                    if !model::is_header_name(&lower) {
+                        return Err(doc.fail(
+                            at,
+                            format!("apiKey security scheme {name:?}: {key_name:?} is not a header name"),
+                        ));
+                    }
+                    SchemeKind::ApiKey(ApiKeyLocation { query: false, name: lower })
+                }
+                Some("query") => {
+                    SchemeKind::ApiKey(ApiKeyLocation { query: true, name: key_name.to_owned() })
+                }
+                Some("cookie") => {
+                    return Err(doc.fail(
+                        at,
+                        format!(
+                            "apiKey security scheme {name:?}: in: cookie is not supported (a cookie is sent \
+                             to every path of the site, and gatelet does not strip it); use in: header or \
+                             in: query"
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(
+                        doc.fail(at, format!("apiKey security scheme {name:?}: in must be header or query"))
+                    );
+                }
+            }
+        }
         other => SchemeKind::Unchecked(other.to_owned()),
     })
+}
+
+/// What an operation's `security` compiles to.
+#[derive(Debug, Default)]
+struct Security {
+    /// See [`model::Operation::scopes`].
+    scopes: Vec<Vec<String>>,
+    /// A bearer JWT is accepted.
+    bearer: bool,
+    /// An API key is accepted, from one of `locations`.
+    api_key: bool,
+    /// Where the API keys of the operation's requirements are read.
+    locations: Vec<ApiKeyLocation>,
 }
 
 /// An operation's `security`, and what [`scopes_of`] needs to say where it is.
@@ -1184,30 +1312,34 @@ struct Requirements<'a> {
 }
 
 /// OpenAPI security requirements → the scope alternatives a bearer JWT must meet (see
-/// [`model::Operation::scopes`]).
+/// [`model::Operation::scopes`]), and whether an API key is accepted instead.
 ///
 /// A requirement whose schemes are all JWT schemes stands for the union of their scopes: under
 /// [`ScopeRule::AnyOf`] (WSO2's reading) each of them is an alternative of its own, under
-/// [`ScopeRule::AllOf`] (OpenAPI's) the union is one alternative. One that needs no scope makes any valid token enough, as does no `security` at all (WSO2's default:
-/// security on, no scope). A requirement that needs a scheme gatelet cannot check is dropped
-/// with a warning, and an operation left with none fails the build, unless its security is
-/// disabled.
+/// [`ScopeRule::AllOf`] (OpenAPI's) the union is one alternative. One that needs no scope makes
+/// any valid token enough, as does no `security` at all (WSO2's default: security on, no scope).
+/// A requirement of one `apiKey` scheme alone accepts an API key from that scheme's header or
+/// query parameter (an API key carries no scopes). A requirement that needs a scheme gatelet
+/// cannot check, or an API key together with another credential, is dropped with a warning, and
+/// an operation left with none fails the build, unless its security is disabled.
 fn scopes_of(
     doc: &Doc,
     reqs: &Requirements,
     schemes: Option<&Map<String, Value>>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Vec<String>>, ProjectError> {
-    let Some(security) = reqs.security else { return Ok(vec![]) };
+) -> Result<Security, ProjectError> {
+    let Some(security) = reqs.security else { return Ok(Security { bearer: true, ..Security::default() }) };
     let at = reqs.at;
     let list = security.as_array().ok_or_else(|| doc.fail(at, "security is not a list"))?;
     let mut alts = Vec::new();
     let mut any_token = list.is_empty();
     let mut dropped = Vec::new();
+    let mut locations: Vec<ApiKeyLocation> = Vec::new();
     for req in list {
         let req = req.as_object().ok_or_else(|| doc.fail(at, "a security requirement is not a mapping"))?;
         let mut all = Vec::new();
         let mut unchecked = Vec::new();
+        let mut keys = Vec::new();
         for (scheme, scopes) in req {
             let def = schemes
                 .and_then(|s| s.get(scheme))
@@ -1230,11 +1362,24 @@ fn scopes_of(
                     }
                     all.extend(list);
                 }
+                SchemeKind::ApiKey(loc) => keys.push((scheme.clone(), loc)),
                 SchemeKind::Unchecked(what) => unchecked.push(format!("{scheme:?} ({what})")),
             }
         }
+        if !keys.is_empty() && (keys.len() > 1 || !unchecked.is_empty() || req.len() > 1) {
+            // One request, two credentials: gatelet checks one credential per request.
+            unchecked
+                .extend(keys.iter().map(|(name, _)| format!("{name:?} (apiKey, with another credential)")));
+            keys.clear();
+        }
         if !unchecked.is_empty() {
             dropped.push(unchecked.join(" with "));
+            continue;
+        }
+        if let Some((_, loc)) = keys.pop() {
+            if !locations.contains(&loc) {
+                locations.push(loc);
+            }
             continue;
         }
         all.sort();
@@ -1252,16 +1397,20 @@ fn scopes_of(
     if any_token {
         alts.clear();
     }
+    let api_key = !locations.is_empty();
+    let bearer = any_token || !alts.is_empty();
     if reqs.security_disabled {
-        return Ok(alts);
+        // Never checked; still a valid operation for the bundle's rules.
+        return Ok(Security { scopes: alts, bearer: bearer || !api_key, api_key, locations });
     }
     let op = reqs.operation;
-    if !any_token && alts.is_empty() {
+    if !bearer && !api_key {
         return Err(doc.fail(
             at,
             format!(
                 "{op}: no security requirement gatelet can check is left: {} cannot be met with a \
-                 JWT (use an oauth2, openIdConnect or http bearer scheme, or x-wso2-disable-security)",
+                 JWT or an API key (use an oauth2, openIdConnect, http bearer or apiKey scheme, or \
+                 x-wso2-disable-security)",
                 dropped.join(", ")
             ),
         ));
@@ -1274,7 +1423,7 @@ fn scopes_of(
             doc.file.display()
         ));
     }
-    Ok(alts)
+    Ok(Security { scopes: alts, bearer, api_key, locations })
 }
 
 fn declared_scopes(scheme: &Value) -> Vec<String> {
@@ -1443,8 +1592,8 @@ components:
 
     #[test]
     fn a_jwt_never_satisfies_a_scheme_gatelet_cannot_check() {
-        // The review's case: an API key "needs no scope", which used to make any JWT enough.
-        for (scheme, kind) in [("api_key", "apiKey"), ("basic", "http basic"), ("mtls", "mutualTLS")] {
+        // The review's case: a credential that "needs no scope" must not make any JWT enough.
+        for (scheme, kind) in [("basic", "http basic"), ("mtls", "mutualTLS")] {
             let c = pets(scheme, &format!("[{{{scheme}: []}}, {{oauth2: [write:pets]}}]"), "")
                 .expect("the oauth2 alternative remains");
             assert_eq!(scopes(&c), [vec!["write:pets".to_owned()]], "{scheme}");
@@ -1462,12 +1611,129 @@ components:
             .expect("the oidc alternative remains");
         assert_eq!(scopes(&c), [vec!["write:pets".to_owned()]]);
         assert!(c.warnings[0].contains("\"api_key\""), "{:?}", c.warnings);
+        assert!(!c.manifest.apis[0].operations[0].api_key);
+    }
+
+    #[test]
+    fn an_api_key_scheme_is_an_alternative_of_its_own() {
+        let c = pets("apikey-alt", "[{api_key: []}, {oauth2: [write:pets]}]", "").expect("builds");
+        let op = &c.manifest.apis[0].operations[0];
+        assert!(op.api_key && op.bearer);
+        assert_eq!(scopes(&c), [vec!["write:pets".to_owned()]], "the JWT keeps its scopes");
+        assert_eq!(
+            c.manifest.apis[0].api_key_locations,
+            [ApiKeyLocation { query: false, name: "x-api-key".into() }]
+        );
+        // No issuer of API keys in this project: said at build time.
+        assert!(c.warnings.iter().any(|w| w.contains("no issuer has api_keys = true")), "{:?}", c.warnings);
+        // An API key alone: API keys only, no bearer token.
+        let c = pets("apikey-only", "[{api_key: []}]", "").expect("builds");
+        let op = &c.manifest.apis[0].operations[0];
+        assert!(op.api_key && !op.bearer && op.scopes.is_empty());
+        // No security at all: WSO2's default, a bearer token.
+        let c = pets("apikey-default", "[{oauth2: []}]", "").expect("builds");
+        assert!(c.manifest.apis[0].operations[0].bearer && !c.manifest.apis[0].operations[0].api_key);
+    }
+
+    #[test]
+    fn api_key_locations_header_query_and_cookie() {
+        let scheme = |name: &str, def: &str| {
+            let dir = std::env::temp_dir().join(format!("gatelet-project-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("apis")).expect("temp dir");
+            std::fs::write(dir.join("gatelet.toml"), "label = \"t\"\n").expect("write");
+            std::fs::write(
+                dir.join("apis/k.yaml"),
+                format!(
+                    "openapi: 3.0.3\ninfo: {{title: K, version: '1'}}\nx-wso2-basePath: /k\n\
+                     x-wso2-production-endpoints: {{urls: ['http://127.0.0.1:1']}}\nsecurity: [{{k: []}}]\n\
+                     paths:\n  /a:\n    get: {{responses: {{'200': {{description: ok}}}}}}\n\
+                     components:\n  securitySchemes:\n    k: {def}\n"
+                ),
+            )
+            .expect("write");
+            let out = compile(&dir, 1);
+            let _ = std::fs::remove_dir_all(&dir);
+            out
+        };
+        let c = scheme("q", "{type: apiKey, in: query, name: api_key}").expect("query");
+        assert_eq!(
+            c.manifest.apis[0].api_key_locations,
+            [ApiKeyLocation { query: true, name: "api_key".into() }]
+        );
+        let c = scheme("h", "{type: apiKey, in: header, name: ApiKey}").expect("header");
+        assert_eq!(
+            c.manifest.apis[0].api_key_locations,
+            [ApiKeyLocation { query: false, name: "apikey".into() }]
+        );
+        let e = scheme("c", "{type: apiKey, in: cookie, name: key}").map(drop).expect_err("cookie");
+        assert!(
+            e.to_string().contains("in: cookie is not supported") && e.to_string().contains("k.yaml"),
+            "{e}"
+        );
+        let e = scheme("n", "{type: apiKey, in: header}").map(drop).expect_err("no name");
+        assert!(e.to_string().contains("has no name"), "{e}");
+        let e = scheme("b", "{type: apiKey, in: header, name: 'a b'}").map(drop).expect_err("bad header");
+        assert!(e.to_string().contains("not a header name"), "{e}");
+    }
+
+    #[test]
+    fn issuer_roles_and_default_subscription_tier() {
+        let build = |name: &str, toml: &str| {
+            let dir = std::env::temp_dir().join(format!("gatelet-project-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("apis")).expect("temp dir");
+            std::fs::create_dir_all(dir.join("keys")).expect("temp dir");
+            let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            use ed25519_dalek::pkcs8::EncodePublicKey;
+            std::fs::write(
+                dir.join("keys/k.pub"),
+                k.verifying_key().to_public_key_pem(Default::default()).expect("pem"),
+            )
+            .expect("write");
+            std::fs::write(dir.join("gatelet.toml"), toml).expect("write");
+            std::fs::write(
+                dir.join("apis/a.yaml"),
+                "openapi: 3.0.3\ninfo: {title: A, version: '1'}\nx-wso2-basePath: /a\n\
+                 x-wso2-production-endpoints: {urls: ['http://127.0.0.1:1']}\n\
+                 paths:\n  /a:\n    get: {responses: {'200': {description: ok}}}\n",
+            )
+            .expect("write");
+            let out = compile(&dir, 1);
+            let _ = std::fs::remove_dir_all(&dir);
+            out
+        };
+        let issuer = "[[issuer]]\nname = \"k\"\nissuer = \"https://k/\"\nkeys = [\"keys/k.pub\"]\n";
+        let c = build("roles-default", &format!("label = \"t\"\n{issuer}")).expect("builds");
+        let i = &c.manifest.issuers[0];
+        assert!(i.tokens && !i.api_keys, "default: tokens only, as before");
+        assert_eq!(c.manifest.default_subscription_tier.as_deref(), Some("Default"));
+        let c = build("roles-keys", &format!("label = \"t\"\n{issuer}api_keys = true\ntokens = false\n"))
+            .expect("builds");
+        assert!(!c.manifest.issuers[0].tokens && c.manifest.issuers[0].api_keys);
+        let e = build("roles-none", &format!("label = \"t\"\n{issuer}tokens = false\n"))
+            .map(drop)
+            .expect_err("none");
+        assert!(e.to_string().contains("accepts neither tokens nor API keys"), "{e}");
+        for (value, want) in
+            [("\"\"", None), ("\"Unlimited\"", Some("Unlimited")), ("\"Gold\"", Some("Gold"))]
+        {
+            let c = build("tier", &format!("label = \"t\"\ndefault_subscription_tier = {value}\n{issuer}"))
+                .expect(value);
+            assert_eq!(c.manifest.default_subscription_tier.as_deref(), want, "{value}");
+        }
+        let e =
+            build("tier-bad", &format!("label = \"t\"\ndefault_subscription_tier = \"10PerMin\"\n{issuer}"))
+                .map(drop)
+                .expect_err("an application tier");
+        let text = e.to_string();
+        assert!(text.contains("gatelet.toml:2") && text.contains("not a subscription policy"), "{text}");
     }
 
     #[test]
     fn an_operation_left_with_no_checkable_alternative_fails_the_build() {
         for security in
-            ["[{api_key: []}]", "[{basic: []}, {api_key: []}]", "[{oauth2: [write:pets], api_key: []}]"]
+            ["[{basic: []}]", "[{basic: []}, {mtls: []}]", "[{oauth2: [write:pets], api_key: []}]"]
         {
             let e = pets("none", security, "").map(|_| ()).expect_err(security);
             let text = e.to_string();

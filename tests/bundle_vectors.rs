@@ -149,6 +149,12 @@ fn vectors() {
     let b = bundle::verify(&valid, &trusted()).expect("valid.glb verifies");
     assert_eq!(b.serial(), SERIAL);
 
+    // The vector is the example as this builder compiles it today (regenerate after a change).
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pizzashack");
+    let mut compiled = gatelet::project::compile(&project, SERIAL).expect("example compiles").manifest;
+    compiled.created_at = CREATED_AT;
+    assert!(&compiled == b.manifest(), "valid.glb is stale against examples/pizzashack; regenerate");
+
     // Determinism: re-sealing the decoded manifest with the same key gives the same bytes.
     assert_eq!(bundle::seal(b.manifest(), &key(KEY_1)).expect("seals"), valid);
 

@@ -65,9 +65,13 @@ components:
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["uri"], "/pets-backend/pets");
 
-    // An API key is not a credential gatelet reads (yet): no token is no token.
+    // The API key alternative is an API key's: something that is not a valid key is refused as
+    // invalid credentials, and never lets the request through.
     let r = send(gw, "POST", "/pets/1.0.0/pets", &[("X-API-Key", "anything")], b"");
-    assert_eq!((r.status, r.fault_code()), (401, 900902));
+    assert_eq!((r.status, r.fault_code()), (401, 900901));
+    // A JWT of a tokens-only issuer is not an API key, even a valid one with the scope.
+    let r = send(gw, "POST", "/pets/1.0.0/pets", &[("X-API-Key", &writer)], b"");
+    assert_eq!((r.status, r.fault_code()), (401, 900901));
 
     running.shutdown();
 }

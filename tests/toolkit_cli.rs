@@ -371,8 +371,8 @@ fn the_build_time_is_never_later_than_the_builders_clock() {
     assert_eq!(inspect["created_at"], 1_767_225_600);
 }
 
-/// An API whose `POST /pets` offers an API key or an OAuth2 token with `write:pets`, and whose
-/// `DELETE /pets` takes only HTTP basic or an API key.
+/// An API whose `POST /pets` offers an API key or an OAuth2 token with `write:pets`, whose
+/// `PUT /pets` takes HTTP basic or an API key, and whose `DELETE /pets` takes only HTTP basic.
 const PETS: &str = "openapi: 3.0.3
 info: {title: Pets, version: 1.0.0}
 x-wso2-basePath: /pets/{version}
@@ -382,8 +382,11 @@ paths:
     post:
       security: [{api_key: []}, {oauth2: [write:pets]}]
       responses: {'200': {description: ok}}
-    delete:
+    put:
       security: [{basic: []}, {api_key: []}]
+      responses: {'200': {description: ok}}
+    delete:
+      security: [{basic: []}]
       responses: {'200': {description: ok}}
 components:
   securitySchemes:
@@ -399,9 +402,10 @@ fn schemes_gatelet_cannot_check_are_dropped_with_a_warning_or_fail_the_build() {
     let d = tempdir("pets");
     let project = d.join("project");
     copy_dir(&example(), &project);
-    // Without DELETE: the API key alternative of POST is dropped, with a warning, and the build goes on.
+    // Without DELETE: basic is dropped from PUT with a warning; API keys are alternatives of
+    // their own, and the build says that no issuer of the project issues them.
     let without_delete = PETS.replace(
-        "    delete:\n      security: [{basic: []}, {api_key: []}]\n      responses: {'200': {description: ok}}\n",
+        "    delete:\n      security: [{basic: []}]\n      responses: {'200': {description: ok}}\n",
         "",
     );
     assert_ne!(without_delete, PETS);
@@ -413,21 +417,26 @@ fn schemes_gatelet_cannot_check_are_dropped_with_a_warning_or_fail_the_build() {
     let out = build();
     ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let warning = stderr.lines().find(|l| l.contains("api_key")).unwrap_or_else(|| panic!("{stderr}"));
-    assert!(warning.starts_with("warning: ") && warning.contains("pets.yaml:8:"), "{warning}");
-    assert!(warning.contains("POST /pets") && warning.contains("\"api_key\" (apiKey)"), "{warning}");
-    // What the bundle holds: the JWT alternative only.
+    let warning = stderr.lines().find(|l| l.contains("\"basic\"")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(warning.starts_with("warning: ") && warning.contains("pets.yaml:11:"), "{warning}");
+    assert!(warning.contains("PUT /pets") && warning.contains("\"basic\" (http basic)"), "{warning}");
+    assert!(stderr.contains("no issuer has api_keys = true"), "{stderr}");
+    // What the bundle holds: POST takes a key or the JWT with its scope, PUT a key only.
     let v: serde_json::Value =
         serde_json::from_str(&ok(&gatelet(&["bundle", "inspect", s(&bundle)]))).expect("inspect prints JSON");
     let api = v["apis"].as_array().expect("apis").iter().find(|a| a["name"] == "Pets").expect("Pets");
-    assert_eq!(api["operations"][0]["scopes"], serde_json::json!([["write:pets"]]));
+    let ops = api["operations"].as_array().expect("operations");
+    let op = |m: &str| ops.iter().find(|o| o["method"] == m).unwrap_or_else(|| panic!("{m}: {ops:?}"));
+    assert_eq!(op("POST")["scopes"], serde_json::json!([["write:pets"]]));
+    assert_eq!((op("POST")["bearer"].as_bool(), op("POST")["api_key"].as_bool()), (Some(true), Some(true)));
+    assert_eq!((op("PUT")["bearer"].as_bool(), op("PUT")["api_key"].as_bool()), (Some(false), Some(true)));
 
-    // With DELETE: nothing a JWT may satisfy is left for it, and the build fails, naming why.
+    // With DELETE: nothing gatelet can check is left for it, and the build fails, naming why.
     fs::write(project.join("apis/pets.yaml"), PETS).expect("write");
     fs::remove_file(&bundle).expect("rm");
     let err = fails(&build());
-    assert!(err.contains("pets.yaml:11:") && err.contains("DELETE /pets"), "{err}");
-    assert!(err.contains("\"basic\" (http basic)") && err.contains("\"api_key\" (apiKey)"), "{err}");
+    assert!(err.contains("pets.yaml:14:") && err.contains("DELETE /pets"), "{err}");
+    assert!(err.contains("\"basic\" (http basic)"), "{err}");
     assert!(!bundle.exists(), "a failed build left a bundle");
     fs::remove_dir_all(&d).expect("cleanup");
 }

@@ -246,6 +246,26 @@ pub fn set_forwarding(
     }
 }
 
+/// The caller's address: the TCP peer, unless the peer is one of `server.trusted_proxies`; then
+/// the nearest address in `X-Forwarded-For` (read right to left) that is not itself a trusted
+/// proxy. Only the trusted proxies' own appends are believed, so a client cannot choose it.
+/// A malformed entry stops the walk at the last address believed.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    if trusted.is_empty() || !trusted.contains(peer) {
+        return peer;
+    }
+    let mut caller = peer;
+    let Some(chain) = joined(headers, &X_FORWARDED_FOR) else { return caller };
+    for hop in chain.rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else { return caller };
+        caller = ip;
+        if !trusted.contains(ip) {
+            break;
+        }
+    }
+    caller
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +387,21 @@ mod tests {
         let h = forwarded(&[], true);
         assert_eq!(all(&h, "x-forwarded-for"), ["10.0.0.5"]);
         assert_eq!(all(&h, "x-real-ip"), ["10.0.0.5"]);
+    }
+
+    #[test]
+    fn the_caller_behind_trusted_proxies() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).expect("valid");
+        let peer: IpAddr = "10.0.0.1".parse().expect("ip");
+        let h = |xff: &str| map(&[("x-forwarded-for", xff)]);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(client_address(&h("203.0.113.9, 10.1.1.1"), peer, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_address(&h("198.51.100.1, 203.0.113.9"), peer, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_address(&map(&[]), peer, &trusted), peer);
+        assert_eq!(client_address(&h("garbage, 10.2.2.2"), peer, &trusted), ip("10.2.2.2"));
+        // From an untrusted peer, the header is the client's word: ignored.
+        let outsider = ip("192.0.2.1");
+        assert_eq!(client_address(&h("203.0.113.9"), outsider, &trusted), outsider);
+        assert_eq!(client_address(&h("203.0.113.9"), peer, &TrustedProxies::default()), peer);
     }
 }

@@ -11,6 +11,7 @@
 //! The bundle in force is an [`Active`] behind an `Arc`: a reload builds a new one and swaps the
 //! pointer, so requests in flight finish on the bundle they started with.
 
+pub mod backend_jwt;
 pub mod body;
 pub mod forwarded;
 pub mod guard;
@@ -138,6 +139,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     upstreams: Arc<Upstreams>,
     trusted_proxies: forwarded::TrustedProxies,
+    /// What the backend is told about the caller (`[backend_jwt]`).
+    backend_jwt: backend_jwt::BackendJwt,
     /// Memory all unfinished request heads may hold together.
     head_budget: Arc<guard::HeadBudget>,
     usage: Option<Box<dyn UsageSink>>,
@@ -161,6 +164,8 @@ pub struct Prepared {
     pub state: Option<StateStore>,
     /// The persisted clock floor (0 when the state store was not opened).
     pub floor: u64,
+    /// `[backend_jwt]`, its key read.
+    pub backend_jwt: backend_jwt::BackendJwt,
 }
 
 /// Start-up up to (not including) the listeners, exactly as `run` and `check` share it:
@@ -174,6 +179,7 @@ pub fn prepare(config: &Config, accept: bool) -> Result<Prepared, StartError> {
         .map(|p| crate::keys::load_verifying_key(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError(format!("trusted key: {e}")))?;
+    let backend_jwt = backend_jwt::BackendJwt::new(&config.backend_jwt)?;
     let path = &config.bundle.path;
     let bytes = bundle::read_file(path).map_err(|e| StartError(format!("bundle {}: {e}", path.display())))?;
     let bundle = bundle::verify(&bytes, &trusted)
@@ -203,7 +209,7 @@ pub fn prepare(config: &Config, accept: bool) -> Result<Prepared, StartError> {
                 s.floor_for_bundle(bundle.manifest().created_at).map_err(|e| StartError(e.to_string()))?;
         }
     }
-    Ok(Prepared { trusted, bundle, state, floor })
+    Ok(Prepared { trusted, bundle, state, floor, backend_jwt })
 }
 
 fn fault_body(code: u32, message: &str, description: &str) -> Bytes {
@@ -327,6 +333,7 @@ impl Gateway {
             metrics,
             upstreams,
             trusted_proxies,
+            backend_jwt: prepared.backend_jwt,
             head_budget,
             usage,
             ready: AtomicBool::new(true),
@@ -718,17 +725,39 @@ impl Gateway {
             Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or(header::AUTHORIZATION),
             None => header::AUTHORIZATION,
         };
-        let mut raw_token = String::new();
+        // The credential as presented (a bearer token or an API key), for the backend JWT.
+        let mut credential = String::new();
+        let mut by_api_key = false;
         let principal: Option<Principal> = if op.disable_security {
             None
         } else {
-            let value = req.headers().get(&auth_header).and_then(|v| v.to_str().ok());
-            let token = match value {
-                None => return Err(Refusal::Token(TokenError::Missing)),
-                Some(v) => token::bearer_token(v).ok_or(Refusal::Token(TokenError::Missing))?,
+            // A bearer token when the operation takes one and one is presented; else an API key
+            // from the API's locations when the operation takes one.
+            let bearer = if op.bearer {
+                req.headers().get(&auth_header).and_then(|v| v.to_str().ok()).and_then(token::bearer_token)
+            } else {
+                None
             };
-            let p = active.validator.validate(token, api, op, reading.now).map_err(Refusal::Token)?;
-            raw_token = token.to_owned();
+            let result = match bearer {
+                Some(t) => {
+                    credential = t.to_owned();
+                    active.validator.validate(t, api, op, reading.now)
+                }
+                None => match op.api_key.then(|| api_key_of(api, req.headers(), req.uri().query())).flatten()
+                {
+                    Some(key) => {
+                        by_api_key = true;
+                        let client =
+                            forwarded::client_address(req.headers(), peer.ip(), &self.trusted_proxies);
+                        let referer = req.headers().get(header::REFERER).and_then(|v| v.to_str().ok());
+                        let r = active.validator.validate_api_key(&key, api, client, referer, reading.now);
+                        credential = key;
+                        r
+                    }
+                    None => Err(TokenError::Missing),
+                },
+            };
+            let p = result.map_err(Refusal::Token)?;
             let t = p.token();
             record.subscriber = Some(t.subject.clone());
             record.keytype = Some(t.key_type.as_str().to_owned());
@@ -774,17 +803,36 @@ impl Gateway {
             }
         }
         let (mut parts, incoming) = req.into_parts();
-        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        // An API key in the query string never reaches the backend (nor any log: the usage
+        // record carries the path only).
+        let key_params: Vec<&str> =
+            api.api_key_locations.iter().filter(|l| l.query).map(|l| l.name.as_str()).collect();
+        let query = match parts.uri.query() {
+            None => String::new(),
+            Some(q) if key_params.is_empty() => format!("?{q}"),
+            Some(q) => match token::api_key::strip_query_params(q, &key_params) {
+                kept if kept.is_empty() => String::new(),
+                kept => format!("?{kept}"),
+            },
+        };
         strip_hop_by_hop(&mut parts.headers);
         strip_spoofable(&mut parts.headers, &auth_header);
+        strip_spoofable(&mut parts.headers, self.backend_jwt.header());
         let h = &mut parts.headers;
         h.remove(&auth_header);
         h.remove(header::AUTHORIZATION);
-        // The backend gets the validated token, never a client-supplied assertion.
+        for loc in api.api_key_locations.iter().filter(|l| !l.query) {
+            if let Ok(name) = HeaderName::from_bytes(loc.name.as_bytes()) {
+                strip_spoofable(h, &name);
+                h.remove(name);
+            }
+        }
+        // The backend gets what `[backend_jwt]` says, never a client-supplied assertion.
         h.remove(HeaderName::from_static("x-jwt-assertion"));
-        if principal.is_some() {
-            if let Ok(v) = HeaderValue::from_str(&raw_token) {
-                h.insert(HeaderName::from_static("x-jwt-assertion"), v);
+        h.remove(self.backend_jwt.header());
+        if let Some(p) = &principal {
+            if let Some(v) = self.backend_jwt.value(&credential, by_api_key, p, api, reading.now) {
+                h.insert(self.backend_jwt.header().clone(), v);
             }
         }
         // The endpoint's own credentials (securityConfig), never the caller's (removed above).
@@ -1030,6 +1078,19 @@ fn usage_ms(reading: token::Reading) -> u64 {
     } else {
         now_ms(reading.now)
     }
+}
+
+/// The API key of a request: the first of the API's locations (a header, or a query parameter)
+/// that holds a non-empty value.
+fn api_key_of(api: &Api, headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    api.api_key_locations.iter().find_map(|loc| {
+        let v = if loc.query {
+            token::api_key::query_param(query?, &loc.name)?
+        } else {
+            headers.get(loc.name.as_str())?.to_str().ok()?.trim().to_owned()
+        };
+        (!v.is_empty()).then_some(v)
+    })
 }
 
 /// The endpoint list for a request: the operation's, else the API's; production or sandbox by

@@ -6,6 +6,8 @@
 //! leniency is `null` inside `application` and `subscribedAPIs` entries, which WSO2 writes for
 //! unset fields; it reads as absent.
 
+use std::net::IpAddr;
+
 use serde_json::{Map, Value};
 
 use super::error::TokenError;
@@ -80,6 +82,16 @@ pub struct VerifiedToken {
     pub scopes: Vec<String>,
     /// Copied from the issuer when verified, so authorisation needs no second look-up.
     pub(super) validate_subscription: bool,
+    /// Whether the token may be presented as a bearer token: its issuer accepts tokens, it has
+    /// an `exp`, and it does not call itself an API key (`token_type: apiKey`, API Manager 3.2+).
+    pub(super) bearer_ok: bool,
+    /// Whether it may be presented as an API key: its issuer accepts API keys.
+    pub(super) api_key_ok: bool,
+    /// `permittedIP`: addresses and CIDR blocks an API key may be used from; empty: any.
+    pub permitted_ips: Vec<(IpAddr, u8)>,
+    /// `permittedReferer`: `Referer` patterns (`*` matches any run of characters) an API key may
+    /// be used with; empty: any.
+    pub permitted_referers: Vec<String>,
 }
 
 impl VerifiedToken {
@@ -111,6 +123,123 @@ pub(super) struct IssuerView<'a> {
     pub audience: Option<&'a str>,
     pub validate_subscription: bool,
     pub kid: &'a str,
+    /// The issuer's JWTs are accepted as bearer tokens.
+    pub tokens: bool,
+    /// The issuer's JWTs are accepted as API keys.
+    pub api_keys: bool,
+}
+
+/// Most entries in `permittedIP` or `permittedReferer`: a key restricted to more places than
+/// this is better split; the limit keeps a per-request check short.
+pub const MAX_PERMITTED: usize = 64;
+
+/// `permittedIP`: comma-separated addresses and CIDR blocks (`10.0.0.1`, `192.168.0.0/16`,
+/// `fd00::/8`). An entry that is neither is refused, not skipped: skipping it would widen the
+/// key's restriction to nothing.
+fn read_permitted_ips(map: &Map<String, Value>) -> Result<Vec<(IpAddr, u8)>, TokenError> {
+    const CLAIM: &str = "permittedIP";
+    let Some(list) = opt_str(map, CLAIM)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (addr, bits) = match item.split_once('/') {
+            Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| TokenError::BadClaim(CLAIM))?)),
+            None => (item, None),
+        };
+        let ip: IpAddr = addr.parse().map_err(|_| TokenError::BadClaim(CLAIM))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        if bits > max || out.len() == MAX_PERMITTED {
+            return Err(TokenError::BadClaim(CLAIM));
+        }
+        out.push((ip, bits));
+    }
+    Ok(out)
+}
+
+/// `permittedReferer`: comma-separated patterns.
+fn read_permitted_referers(map: &Map<String, Value>) -> Result<Vec<String>, TokenError> {
+    const CLAIM: &str = "permittedReferer";
+    let Some(list) = opt_str(map, CLAIM)? else { return Ok(Vec::new()) };
+    let out: Vec<String> =
+        list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if out.len() > MAX_PERMITTED {
+        return Err(TokenError::BadClaim(CLAIM));
+    }
+    Ok(out)
+}
+
+/// Whether `ip` is inside one of `permitted` (an IPv4-mapped IPv6 address counts as its IPv4
+/// form). An empty list permits every address.
+pub fn ip_permitted(permitted: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let ip = canonical(ip);
+    permitted.is_empty()
+        || permitted.iter().any(|&(net, bits)| match (canonical(net), ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+            _ => false,
+        })
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let (whole, rest) = (bits / 8, bits % 8);
+    let (Some(a_whole), Some(b_whole)) = (a.get(..whole), b.get(..whole)) else { return false };
+    if a_whole != b_whole {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    matches!((a.get(whole), b.get(whole)), (Some(x), Some(y)) if x & mask == y & mask)
+}
+
+/// Whether a `Referer` value meets one of `patterns`, WSO2's way: each pattern matches the whole
+/// referer, `*` standing for any run of characters; a pattern without a scheme is matched against
+/// the referer without its `http://` or `https://`. An empty list permits any (or no) referer; a
+/// non-empty one needs a referer.
+pub fn referer_permitted(patterns: &[String], referer: Option<&str>) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    let Some(referer) = referer else { return false };
+    let bare =
+        referer.strip_prefix("https://").or_else(|| referer.strip_prefix("http://")).unwrap_or(referer);
+    patterns.iter().any(|p| {
+        let target = if p.contains("://") { referer } else { bare };
+        wildcard_match(p.as_bytes(), target.as_bytes())
+    })
+}
+
+/// `*`-only glob over bytes, iterative (linear backtracking, no recursion on attacker input).
+fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 fn opt_str<'a>(map: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, TokenError> {
@@ -236,7 +365,16 @@ pub(super) fn read(map: &Map<String, Value>, issuer: &IssuerView<'_>) -> Result<
         Some(_) => return Err(TokenError::BadClaim("sub")),
         None => return Err(TokenError::MissingClaim("sub")),
     };
-    let expires_at = numeric_date(map, "exp", false)?.ok_or(TokenError::MissingClaim("exp"))?;
+    let jti = opt_str(map, "jti")?.map(str::to_owned);
+    // WSO2 API Manager 3.x writes no `exp` in an API key created with infinite validity. Such a
+    // key is accepted as an API key only, from an issuer of API keys, and only with a `jti`: it
+    // can then still be revoked (`[revoked] jti` of the project). Never as a bearer token.
+    let (expires_at, endless) = match numeric_date(map, "exp", false)? {
+        Some(e) => (e, false),
+        None if issuer.api_keys && jti.is_some() => (u64::MAX, true),
+        None => return Err(TokenError::MissingClaim("exp")),
+    };
+    let api_key_type = opt_str(map, "token_type")?.is_some_and(|t| t.eq_ignore_ascii_case("apiKey"));
     let not_before = numeric_date(map, "nbf", true)?;
     let issued_at = numeric_date(map, "iat", true)?;
     check_audience(map, issuer.audience)?;
@@ -251,7 +389,7 @@ pub(super) fn read(map: &Map<String, Value>, issuer: &IssuerView<'_>) -> Result<
         issuer: issuer.name.to_owned(),
         kid: issuer.kid.to_owned(),
         subject,
-        jti: opt_str(map, "jti")?.map(str::to_owned),
+        jti,
         expires_at,
         not_before,
         issued_at,
@@ -260,6 +398,10 @@ pub(super) fn read(map: &Map<String, Value>, issuer: &IssuerView<'_>) -> Result<
         subscribed_apis: read_subscriptions(map)?,
         scopes,
         validate_subscription: issuer.validate_subscription,
+        bearer_ok: issuer.tokens && !endless && !api_key_type,
+        api_key_ok: issuer.api_keys,
+        permitted_ips: read_permitted_ips(map)?,
+        permitted_referers: read_permitted_referers(map)?,
     })
 }
 
@@ -267,8 +409,14 @@ pub(super) fn read(map: &Map<String, Value>, issuer: &IssuerView<'_>) -> Result<
 mod tests {
     use super::*;
 
-    const ISSUER: IssuerView<'static> =
-        IssuerView { name: "central", audience: Some("gatelet"), validate_subscription: true, kid: "k1" };
+    const ISSUER: IssuerView<'static> = IssuerView {
+        name: "central",
+        audience: Some("gatelet"),
+        validate_subscription: true,
+        kid: "k1",
+        tokens: true,
+        api_keys: false,
+    };
 
     fn claims(json: &str) -> Result<VerifiedToken, TokenError> {
         let map = super::super::json::parse_object(json.as_bytes()).expect("test JSON");

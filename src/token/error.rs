@@ -100,6 +100,15 @@ pub enum TokenError {
     NotSubscribed,
     /// The operation needs scopes the token does not hold.
     MissingScope,
+    /// A JWT presented as a bearer token that may only be an API key: its issuer accepts API
+    /// keys only (`tokens = false`), or it is an API key (`token_type: apiKey`, or no `exp`).
+    ApiKeyAsBearer,
+    /// A JWT presented as an API key whose issuer is not an API-key issuer (`api_keys = false`).
+    NotAnApiKey,
+    /// An API key used from an address outside its `permittedIP`.
+    IpNotPermitted,
+    /// An API key used with a `Referer` outside its `permittedReferer` (or with none).
+    RefererNotPermitted,
 }
 
 impl TokenError {
@@ -108,7 +117,10 @@ impl TokenError {
         match self {
             TokenError::Missing => FAULT_MISSING_CREDENTIALS,
             TokenError::Expired => FAULT_EXPIRED,
-            TokenError::NotSubscribed => FAULT_NOT_SUBSCRIBED,
+            // WSO2's API-key authenticator answers both restrictions with "Resource forbidden".
+            TokenError::NotSubscribed | TokenError::IpNotPermitted | TokenError::RefererNotPermitted => {
+                FAULT_NOT_SUBSCRIBED
+            }
             TokenError::MissingScope => FAULT_SCOPE,
             TokenError::TooLarge
             | TokenError::Malformed(_)
@@ -124,7 +136,9 @@ impl TokenError {
             | TokenError::NotYetValid
             | TokenError::IssuedInFuture
             | TokenError::WrongAudience
-            | TokenError::Revoked => FAULT_INVALID_CREDENTIALS,
+            | TokenError::Revoked
+            | TokenError::ApiKeyAsBearer
+            | TokenError::NotAnApiKey => FAULT_INVALID_CREDENTIALS,
         }
     }
 
@@ -160,6 +174,10 @@ impl TokenError {
             TokenError::Revoked => "revoked",
             TokenError::NotSubscribed => "not_subscribed",
             TokenError::MissingScope => "missing_scope",
+            TokenError::ApiKeyAsBearer => "api_key_as_bearer",
+            TokenError::NotAnApiKey => "not_an_api_key",
+            TokenError::IpNotPermitted => "ip_not_permitted",
+            TokenError::RefererNotPermitted => "referer_not_permitted",
         }
     }
 }
@@ -188,6 +206,16 @@ impl fmt::Display for TokenError {
             TokenError::Revoked => f.write_str("token revoked"),
             TokenError::NotSubscribed => f.write_str("application not subscribed to this API"),
             TokenError::MissingScope => f.write_str("token lacks the scope this operation needs"),
+            TokenError::ApiKeyAsBearer => {
+                f.write_str("an API key (or an API-key issuer's JWT) presented as a bearer token")
+            }
+            TokenError::NotAnApiKey => f.write_str("an API key from an issuer that does not issue API keys"),
+            TokenError::IpNotPermitted => {
+                f.write_str("the API key is not permitted from this address (permittedIP)")
+            }
+            TokenError::RefererNotPermitted => {
+                f.write_str("the API key is not permitted for this referer (permittedReferer)")
+            }
         }
     }
 }
@@ -228,6 +256,10 @@ mod tests {
             TokenError::Revoked,
             TokenError::NotSubscribed,
             TokenError::MissingScope,
+            TokenError::ApiKeyAsBearer,
+            TokenError::NotAnApiKey,
+            TokenError::IpNotPermitted,
+            TokenError::RefererNotPermitted,
         ];
         for m in [
             Malformed::Segments,

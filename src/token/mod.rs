@@ -22,6 +22,7 @@
 //! [`Validator::validate`]`(token, api, op, clock.now().now)`. Map an error to the response with
 //! [`TokenError::http_status`], [`TokenError::fault_code`] and [`TokenError::reason`].
 
+pub mod api_key;
 pub mod cache;
 pub mod claims;
 pub mod clock;
@@ -83,6 +84,8 @@ struct TrustedIssuer {
     audience: Option<String>,
     validate_subscription: bool,
     keys: Vec<TrustedKey>,
+    tokens: bool,
+    api_keys: bool,
 }
 
 /// Everything needed to validate tokens against one bundle, prepared once: issuers by `iss`,
@@ -94,6 +97,8 @@ pub struct Validator {
     revoked: HashSet<String>,
     clock_skew_s: u64,
     cache: cache::Cache<VerifiedToken>,
+    /// The manifest's `default_subscription_tier`.
+    default_subscription_tier: Option<Arc<str>>,
 }
 
 /// An authenticated and authorised caller, for one request: the verified token (shared with the
@@ -102,6 +107,8 @@ pub struct Validator {
 pub struct Principal {
     token: Arc<VerifiedToken>,
     subscription: Option<usize>,
+    /// The bundle's default subscription tier, for a token that names none for the API.
+    default_tier: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -115,9 +122,11 @@ impl Principal {
         self.subscription.and_then(|i| self.token.subscribed_apis.get(i))
     }
 
-    /// The subscription throttling tier, when the token gives one for the API.
+    /// The subscription throttling tier: the one the token gives for the API, else the bundle's
+    /// default subscription tier (tokens without `subscribedAPIs`, API Manager 3.2+ and Keycloak),
+    /// else none.
     pub fn subscription_tier(&self) -> Option<&str> {
-        self.subscription().and_then(|s| s.tier.as_deref())
+        self.subscription().and_then(|s| s.tier.as_deref()).or(self.default_tier.as_deref())
     }
 
     /// The application throttling tier, when the token gives one.
@@ -158,6 +167,8 @@ impl Validator {
                 audience: i.audience.clone(),
                 validate_subscription: i.validate_subscription,
                 keys,
+                tokens: i.tokens,
+                api_keys: i.api_keys,
             });
         }
         Validator {
@@ -166,6 +177,7 @@ impl Validator {
             revoked: manifest.revoked_jti.iter().cloned().collect(),
             clock_skew_s: config.clock_skew_s,
             cache: cache::Cache::new(config.cache_capacity),
+            default_subscription_tier: manifest.default_subscription_tier.as_deref().map(Arc::from),
         }
     }
 
@@ -228,6 +240,8 @@ impl Validator {
             audience: issuer.audience.as_deref(),
             validate_subscription: issuer.validate_subscription,
             kid: &key.kid,
+            tokens: issuer.tokens,
+            api_keys: issuer.api_keys,
         };
         let verified = claims::read(&payload, &view)?;
         if verified.jti.as_ref().is_some_and(|j| self.revoked.contains(j)) {
@@ -266,7 +280,11 @@ impl Validator {
         if !scoped {
             return Err(TokenError::MissingScope);
         }
-        Ok(Principal { token: Arc::clone(token), subscription })
+        Ok(Principal {
+            token: Arc::clone(token),
+            subscription,
+            default_tier: self.default_subscription_tier.clone(),
+        })
     }
 
     /// [`Validator::verify`] then [`Validator::authorize`]: the data plane's one call per request.
@@ -278,6 +296,9 @@ impl Validator {
         now: u64,
     ) -> Result<Principal, TokenError> {
         let verified = self.verify(token, now)?;
+        if !verified.bearer_ok {
+            return Err(TokenError::ApiKeyAsBearer);
+        }
         self.authorize(&verified, api, op)
     }
 }
