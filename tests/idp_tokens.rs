@@ -164,8 +164,9 @@ components:
     .expect("write");
 }
 
-/// `gatelet run` on a fresh bundle of the project; the child and its HTTP address.
-fn start_gateway(dir: &Path) -> (Child, SocketAddr) {
+/// `gatelet run` on a fresh bundle of the project; the child (killed when dropped) and its HTTP
+/// address.
+fn start_gateway(dir: &Path) -> (Stop, SocketAddr) {
     let d = dir.display();
     run(Command::new(GATELET).args(["keygen", "--out"]).arg(dir.join("publisher"))).expect("keygen");
     std::fs::create_dir_all(dir.join("inbox")).expect("inbox");
@@ -188,12 +189,14 @@ fn start_gateway(dir: &Path) -> (Child, SocketAddr) {
         ),
     )
     .expect("config");
-    let mut child = Command::new(GATELET)
-        .args(["run", "--config", path_str(&config)])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gatelet runs");
-    let stderr = child.stderr.take().expect("piped");
+    let mut child = Stop(
+        Command::new(GATELET)
+            .args(["run", "--config", path_str(&config)])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gatelet runs"),
+    );
+    let stderr = child.0.stderr.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -216,6 +219,23 @@ impl Drop for Stop {
     }
 }
 
+/// PyJWT verifies a token `gatelet token mint` made; argv: token, alg, public key or certificate.
+const PYJWT_CHECK: &str = "\
+    import jwt, sys\n\
+    from cryptography import x509\n\
+    from cryptography.hazmat.primitives import serialization\n\
+    t, alg, pem = sys.argv[1:4]\n\
+    data = open(pem, 'rb').read()\n\
+    cert = b'CERTIFICATE' in data\n\
+    load = lambda d: x509.load_pem_x509_certificate(d).public_key()\n\
+    key = load(data) if cert else serialization.load_pem_public_key(data)\n\
+    h = jwt.get_unverified_header(t)\n\
+    assert h['alg'] == alg, h\n\
+    c = jwt.decode(t, key, algorithms=[alg])\n\
+    assert c['application']['id'] == 42, c\n\
+    assert c['tierInfo']['Gold']['stopOnQuotaReach'] is True, c\n\
+    assert c['subscribedAPIs'][0]['subscriptionTier'] == 'Gold', c\n";
+
 #[test]
 fn idp_tokens_through_gatelet_run() {
     const TEST: &str = "idp_tokens_through_gatelet_run";
@@ -230,8 +250,7 @@ fn idp_tokens_through_gatelet_run() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/idp_tokens.py");
     let cases = run(Command::new(&py).arg(&script).arg(&dir).arg(now.to_string())).expect("PyJWT mints");
-    let (child, gw) = start_gateway(&dir);
-    let _stop = Stop(child);
+    let (_gateway, gw) = start_gateway(&dir);
 
     let mut failures = Vec::new();
     let mut count = 0;
@@ -290,25 +309,12 @@ fn idp_tokens_through_gatelet_run() {
     for (alg, token) in &minted {
         let r = get(gw, "/shop/1.0.0/items/2", Some(token));
         assert_eq!(r.status, 200, "gatelet-minted {alg}: {}", String::from_utf8_lossy(&r.body));
-        let check = format!(
-            "import jwt, sys\n\
-             from cryptography import x509\n\
-             from cryptography.hazmat.primitives import serialization\n\
-             t, alg, pem = sys.argv[1:4]\n\
-             data = open(pem, 'rb').read()\n\
-             key = x509.load_pem_x509_certificate(data).public_key() if b'CERTIFICATE' in data else serialization.load_pem_public_key(data)\n\
-             h = jwt.get_unverified_header(t)\n\
-             assert h['alg'] == alg, h\n\
-             c = jwt.decode(t, key, algorithms=[alg])\n\
-             assert c['application']['id'] == 42 and c['tierInfo']['Gold']['stopOnQuotaReach'] is True, c\n\
-             assert c['subscribedAPIs'][0]['subscriptionTier'] == 'Gold', c\n"
-        );
         let pem = match *alg {
             "ES256" => dir.join("project/keys/ec256.pub"),
             "EdDSA" => dir.join("project/keys/ed.pub"),
             _ => cert.clone(),
         };
-        run(Command::new(&py).args(["-c", &check, token, alg]).arg(&pem))
+        run(Command::new(&py).args(["-c", PYJWT_CHECK, token, alg]).arg(&pem))
             .unwrap_or_else(|e| panic!("PyJWT refuses gatelet's {alg} token: {e}"));
     }
     // The WSO2 x5t form in the header, and no kid beside it.

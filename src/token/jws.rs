@@ -249,7 +249,7 @@ pub fn verify(key: &VerifyKey, alg: JwsAlg, signing_input: &[u8], signature: &[u
             JwsAlg::Rs256 | JwsAlg::Rs384 | JwsAlg::Rs512 | JwsAlg::Ps256 | JwsAlg::Ps384 | JwsAlg::Ps512,
         ) => {
             // RFC 7518 §3.3/§3.5: the signature is exactly as long as the modulus.
-            if u32::try_from(signature.len()).ok() != Some(k.size() as u32) {
+            if signature.len() != k.size() {
                 return false;
             }
             let pss = matches!(alg, JwsAlg::Ps256 | JwsAlg::Ps384 | JwsAlg::Ps512);
