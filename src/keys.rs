@@ -487,6 +487,37 @@ mod tests {
     }
 
     #[test]
+    fn thumbprints_of_jwks_keys() {
+        // RFC 7638 §3.1 (RSA) and RFC 8037 A.3 (Ed25519), read as JWKS members and thumbprinted
+        // from the OpenSSL key the builder keeps.
+        let rsa = r#"{"keys":[{"kty":"RSA","alg":"RS256","kid":"2011-04-29","e":"AQAB","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}]}"#;
+        let k = parse_jwks(rsa.as_bytes()).expect("RFC 7638 key");
+        assert_eq!((k[0].kid.as_deref(), k[0].alg.as_deref()), (Some("2011-04-29"), Some("RS256")));
+        assert_eq!(
+            public_jwk_thumbprint(&k[0].key).expect("thumbprint"),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+        let okp = r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        let k = parse_jwks(okp.as_bytes()).expect("RFC 8037 key");
+        assert_eq!(
+            public_jwk_thumbprint(&k[0].key).expect("thumbprint"),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        // The same key as SPKI PEM.
+        let pem = k[0].key.public_key_to_pem().expect("pem");
+        let f = parse_issuer_pem(&pem).expect("PEM");
+        assert_eq!(
+            public_jwk_thumbprint(&f.key).expect("thumbprint"),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        assert!(
+            parse_issuer_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .expect_err("private")
+                .contains("private key")
+        );
+    }
+
+    #[test]
     fn jwks_refusals() {
         let ok = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
         let keys = parse_jwks(ok.as_bytes()).expect("valid JWKS");

@@ -386,6 +386,72 @@ mod tests {
     }
 
     #[test]
+    fn rsa_and_ec_keys_claims_file_and_x5t() {
+        use openssl::ec::{EcGroup, EcKey};
+        let p256 = EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve"))
+            .and_then(PKey::from_ec_key)
+            .expect("key");
+        let rsa = openssl::rsa::Rsa::generate(2048).and_then(PKey::from_rsa).expect("key");
+        let short = openssl::rsa::Rsa::generate(1024).and_then(PKey::from_rsa).expect("key");
+        let (p256, rsa) = (TokenKey::new(p256).expect("P-256"), TokenKey::new(rsa).expect("RSA"));
+        assert!(TokenKey::new(short).expect_err("1024 bits").contains("1024 bits"));
+        assert_eq!((p256.default_alg(), rsa.default_alg()), (JwsAlg::Es256, JwsAlg::Rs256));
+        let mut extra = Map::new();
+        extra.insert("application".into(), json!({"id": 42, "name": "App"}));
+        extra.insert("tierInfo".into(), json!({"Gold": {"stopOnQuotaReach": true}}));
+        let req = MintRequest {
+            issuer: "i".into(),
+            subject: "s".into(),
+            app_id: Some("replaced".into()),
+            extra_claims: Some(extra),
+            ..MintRequest::default()
+        };
+        let t = mint_with(&p256, &req, 1_000, "j").expect("minted");
+        assert_eq!(
+            decode_part(&t, 0),
+            json!({"alg":"ES256","typ":"JWT","kid": p256.thumbprint().expect("kid")})
+        );
+        let c = decode_part(&t, 1);
+        assert_eq!(c["application"], json!({"id": 42, "name": "App"}), "the file's claims win");
+        assert_eq!(c["tierInfo"]["Gold"]["stopOnQuotaReach"], json!(true));
+        assert_eq!(c["sub"], json!("s"));
+        let sig = Base64UrlUnpadded::decode_vec(t.rsplit('.').next().expect("sig")).expect("b64");
+        assert_eq!(sig.len(), 64, "raw R || S");
+        let ps = mint_with(&rsa, &MintRequest { alg: Some("PS384".into()), ..req.clone() }, 1, "j")
+            .expect("PS384");
+        assert_eq!(decode_part(&ps, 0)["alg"], json!("PS384"));
+        for bad in ["ES256", "HS256", "none"] {
+            assert!(
+                mint_with(&rsa, &MintRequest { alg: Some(bad.into()), ..req.clone() }, 1, "j").is_err(),
+                "{bad}"
+            );
+        }
+
+        // A certificate's x5t in both forms; no kid beside it unless asked for.
+        let mut b = openssl::x509::X509Builder::new().expect("builder");
+        let rsa_pkey = openssl::rsa::Rsa::generate(2048).and_then(PKey::from_rsa).expect("key");
+        b.set_pubkey(&rsa_pkey).expect("key");
+        let day = openssl::asn1::Asn1Time::days_from_now(1).expect("time");
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).expect("time")).expect("nbf");
+        b.set_not_after(&day).expect("naf");
+        b.sign(&rsa_pkey, MessageDigest::sha256()).expect("self-signed");
+        let pem = b.build().to_pem().expect("pem");
+        let der = X509::from_pem(&pem).and_then(|c| c.to_der()).expect("der");
+        let sha1 = openssl::sha::sha1(&der);
+        let rfc = x5t_of_cert(&pem, false).expect("x5t");
+        let wso2 = x5t_of_cert(&pem, true).expect("x5t");
+        assert_eq!(Base64UrlUnpadded::decode_vec(&rfc).expect("b64url"), sha1);
+        assert_eq!(Base64::decode_vec(&wso2).expect("b64"), keys::hex(&sha1).as_bytes());
+        assert!(wso2.ends_with('='), "40 bytes of hex: padded standard base64");
+        let t =
+            mint_with(&rsa, &MintRequest { x5t: Some(wso2.clone()), ..req.clone() }, 1, "j").expect("x5t");
+        assert_eq!(decode_part(&t, 0), json!({"alg":"RS256","typ":"JWT","x5t": wso2}));
+        let t = mint_with(&rsa, &MintRequest { x5t: Some(rfc), kid: Some("k".into()), ..req }, 1, "j")
+            .expect("x5t");
+        assert_eq!(decode_part(&t, 0)["kid"], json!("k"));
+    }
+
+    #[test]
     fn jti_is_a_random_uuid_v4() {
         let a = random_jti().expect("randomness");
         let b = random_jti().expect("randomness");
