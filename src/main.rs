@@ -13,6 +13,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (`token mint`'s flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 enum Command {
@@ -168,11 +170,11 @@ enum TokenCommand {
     Verify(TokenVerifyArgs),
 }
 
-/// Print a signed development JWT (EdDSA, WSO2 claims: application, subscribedAPIs, keytype).
+/// Print a signed development JWT (WSO2 claims: application, subscribedAPIs, keytype).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "mint")]
 struct MintArgs {
-    /// the issuer's signing key (PKCS#8 PEM Ed25519)
+    /// the issuer's signing key (PKCS#8 PEM: Ed25519, RSA, EC P-256 or P-384)
     #[argh(option)]
     key: PathBuf,
     /// the iss claim: an issuer's `issuer` in the bundle
@@ -208,6 +210,20 @@ struct MintArgs {
     /// lifetime in seconds (default 3600)
     #[argh(option)]
     ttl: Option<u64>,
+    /// JWS algorithm (default from the key: RS256, ES256, ES384 or EdDSA; RSA keys also RS384,
+    /// RS512, PS256, PS384, PS512)
+    #[argh(option)]
+    alg: Option<String>,
+    /// a JSON file holding one object whose members are set over the generated claims
+    #[argh(option)]
+    claims: Option<PathBuf>,
+    /// a PEM certificate whose SHA-1 thumbprint goes in the header's x5t (then no kid unless
+    /// --kid is given)
+    #[argh(option)]
+    x5t_cert: Option<PathBuf>,
+    /// write the x5t as WSO2 API Manager does: base64 of the thumbprint's lower-case hex
+    #[argh(switch)]
+    x5t_wso2: bool,
 }
 
 /// Decide on one request's token exactly as the gateway would: prints the decision as one line
@@ -300,7 +316,18 @@ fn main() -> ExitCode {
             BundleCommand::Inspect(a) => gatelet::toolkit::bundle_inspect(&a.file, &a.trusted_key),
         },
         Command::Token(t) => match t.command {
-            TokenCommand::Mint(a) => {
+            TokenCommand::Mint(a) => (|| {
+                use gatelet::token::mint;
+                let x5t = match &a.x5t_cert {
+                    Some(c) => Some(
+                        gatelet::keys::read_small(c)
+                            .map_err(|e| e.to_string())
+                            .and_then(|pem| mint::x5t_of_cert(&pem, a.x5t_wso2))
+                            .map_err(|e| format!("--x5t-cert {}: {e}", c.display()))?,
+                    ),
+                    None if a.x5t_wso2 => return Err("--x5t-wso2 needs --x5t-cert".into()),
+                    None => None,
+                };
                 let request = gatelet::token::MintRequest {
                     issuer: a.issuer,
                     subject: a.subject,
@@ -313,9 +340,12 @@ fn main() -> ExitCode {
                     scope: a.scope,
                     key_type: a.keytype,
                     ttl_s: a.ttl,
+                    alg: a.alg,
+                    extra_claims: a.claims.as_deref().map(mint::claims_file).transpose()?,
+                    x5t,
                 };
                 gatelet::toolkit::token_mint(&a.key, &request)
-            }
+            })(),
             TokenCommand::Verify(a) => {
                 let args = gatelet::toolkit::TokenVerify {
                     bundle: &a.bundle,

@@ -17,6 +17,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use openssl::nid::Nid;
+use openssl::pkey::Id;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -89,6 +91,9 @@ struct IssuerToml {
     #[serde(default)]
     keys: Vec<String>,
     jwks: Option<String>,
+    /// JWS algorithms the issuer's tokens may use (`["RS256"]`); default: any its keys allow.
+    #[serde(default)]
+    algorithms: Vec<String>,
     #[serde(default)]
     validate_subscription: bool,
     /// Its JWTs are accepted as bearer tokens (`false`: an API-key-only issuer).
@@ -217,6 +222,46 @@ fn locate_offset(text: &str, keys: &[&str]) -> Option<usize> {
     Some(pos)
 }
 
+/// A bundle key from an issuer key file (`file` as the project names it, for messages): its
+/// type decides [`PublicKey`]'s variant, an RSA key's size is checked here so that the message
+/// names the file, and a key without a `kid` gets its RFC 7638 thumbprint.
+fn issuer_key(file: &str, f: keys::IssuerKeyFile) -> Result<IssuerKey, String> {
+    let der = || f.key.public_key_to_der().map_err(|e| format!("{file}: key does not encode ({e})"));
+    let key = match f.key.id() {
+        Id::RSA => model::PublicKey::Rsa(der()?),
+        Id::EC => match f.key.ec_key().ok().and_then(|ec| ec.group().curve_name()) {
+            Some(Nid::X9_62_PRIME256V1) => model::PublicKey::EcP256(der()?),
+            Some(Nid::SECP384R1) => model::PublicKey::EcP384(der()?),
+            _ => return Err(format!("{file}: EC key on a curve other than P-256 or P-384")),
+        },
+        Id::ED25519 => {
+            let raw = f.key.raw_public_key().map_err(|e| format!("{file}: Ed25519 key unreadable ({e})"))?;
+            model::PublicKey::Ed25519(
+                raw.try_into().map_err(|_| format!("{file}: Ed25519 key is not 32 bytes"))?,
+            )
+        }
+        _ => return Err(format!("{file}: unsupported key type (RSA, EC P-256/P-384 or Ed25519)")),
+    };
+    let kid = match f.kid {
+        Some(k) => k,
+        None => keys::public_jwk_thumbprint(&f.key).map_err(|e| format!("{file}: {e}"))?,
+    };
+    key.check().map_err(|why| format!("{file}: key {kid:?}: {why}"))?;
+    let alg = match f.alg.as_deref() {
+        None => None,
+        Some(a) => {
+            let alg = model::JwsAlg::parse(a).ok_or_else(|| {
+                format!("{file}: key {kid:?}: \"alg\" {a:?} is not an algorithm gatelet verifies")
+            })?;
+            if !key.allows(alg) {
+                return Err(format!("{file}: key {kid:?}: \"alg\" {a} does not fit a {} key", key.kind()));
+            }
+            Some(alg)
+        }
+    };
+    Ok(IssuerKey { kid, key, alg, x5t: f.x5t, x5t_s256: f.x5t_s256 })
+}
+
 /// Compiles the project at `dir` with the given serial.
 pub fn compile(dir: &Path, serial: u64) -> Result<Compiled, ProjectError> {
     let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -250,8 +295,8 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
                 return Err(at(format!("missing key file {k}")));
             }
             bump(&mut newest, &path);
-            let key = keys::load_verifying_key(&path).map_err(|e| at(e.to_string()))?;
-            ikeys.push(IssuerKey::ed25519(keys::jwk_thumbprint(&key), key.to_bytes()));
+            let file = keys::load_issuer_pem(&path).map_err(|e| at(e.to_string()))?;
+            ikeys.push(issuer_key(k, file).map_err(at)?);
         }
         if let Some(j) = &it.jwks {
             let path = dir.join(j);
@@ -259,9 +304,20 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
                 return Err(at(format!("missing JWKS file {j}")));
             }
             bump(&mut newest, &path);
-            for jk in keys::load_jwks(&path).map_err(|e| at(e.to_string()))? {
-                let kid = jk.kid.unwrap_or_else(|| keys::jwk_thumbprint(&jk.key));
-                ikeys.push(IssuerKey::ed25519(kid, jk.key.to_bytes()));
+            for file in keys::load_jwks(&path).map_err(|e| at(e.to_string()))? {
+                ikeys.push(issuer_key(j, file).map_err(at)?);
+            }
+        }
+        let mut algorithms = Vec::with_capacity(it.algorithms.len());
+        for a in &it.algorithms {
+            let alg = model::JwsAlg::parse(a).ok_or_else(|| {
+                at(format!(
+                    "algorithms: unknown algorithm {a:?} (known: {}; none and HS* are never accepted)",
+                    model::JwsAlg::ALL.map(model::JwsAlg::as_str).join(", ")
+                ))
+            })?;
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
             }
         }
         issuers.push(Issuer {
@@ -270,7 +326,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
             audience: it.audience.clone(),
             keys: ikeys,
             validate_subscription: it.validate_subscription,
-            algorithms: Vec::new(),
+            algorithms,
             tokens: it.tokens,
             api_keys: it.api_keys,
         });

@@ -127,9 +127,9 @@ pub fn bundle_inspect(file: &Path, trusted: &[PathBuf]) -> ToolResult {
 
 /// `gatelet token mint --key KEY ...`: a signed development token on stdout.
 pub fn token_mint(key: &Path, request: &crate::token::MintRequest) -> ToolResult {
-    let signing = keys::load_signing_key(key)?;
+    let signing = crate::token::mint::TokenKey::load(key)?;
     let jti = crate::token::mint::random_jti()?;
-    let mut token = crate::token::mint(&signing, request, now_unix(), &jti)?;
+    let mut token = crate::token::mint::mint_with(&signing, request, now_unix(), &jti)?;
     token.push('\n');
     Ok(token)
 }

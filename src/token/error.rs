@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::bundle::model::JwsAlg;
+
 /// WSO2 fault code: invalid credentials (401).
 pub const FAULT_INVALID_CREDENTIALS: u32 = 900_901;
 /// WSO2 fault code: missing credentials (401).
@@ -47,7 +49,7 @@ impl Malformed {
             Malformed::EmptySegment => "empty header or payload segment",
             Malformed::Base64 => "a segment is not canonical unpadded base64url",
             Malformed::HeaderTooLarge => "protected header too large",
-            Malformed::SignatureLength => "signature is not 64 bytes",
+            Malformed::SignatureLength => "signature length does not fit the algorithm",
             Malformed::Json => "header or payload is not valid JSON",
             Malformed::DuplicateKey => "duplicate JSON member name",
             Malformed::TooDeep => "JSON nested too deeply",
@@ -65,17 +67,23 @@ pub enum TokenError {
     TooLarge,
     /// Framing, base64 or JSON is broken.
     Malformed(Malformed),
-    /// The `alg` is not `EdDSA` or `Ed25519` (`none`, `HS256`, `RS256`, ...). The value, made
+    /// The `alg` is not one gatelet verifies (`none`, `HS256`, `ES512`, ...). The value, made
     /// printable and cut short, is kept for the message.
     AlgRefused(String),
+    /// The issuer pins its algorithms (`algorithms = [...]`) and the token's is not one of them.
+    AlgNotPinned(JwsAlg),
+    /// No key the token may use can verify its algorithm: the key its `kid` names is of another
+    /// type or curve, or names another `alg` (an RS256 token against an EC key, ES384 against a
+    /// P-256 key: algorithm confusion), or, without a `kid`, no key of the issuer fits.
+    KeyAlgMismatch(JwsAlg),
     /// The `typ` header names something other than a JWT access token.
     TypRefused,
     /// The header carries `crit`: an extension we would have to understand, so we refuse.
     CritRefused,
     /// `iss` names no issuer of the bundle (the token's, or the bundle author forgot an issuer).
     UnknownIssuer,
-    /// `kid` names no key of the selected issuer (the token's, or a key rotation the bundle has
-    /// not caught up with).
+    /// `kid` (or, without a `kid` that matches, `x5t`/`x5t#S256`) names no key of the selected
+    /// issuer (the token's, or a key rotation the bundle has not caught up with).
     UnknownKid,
     /// No `kid`, and the issuer has more keys than are tried without one.
     KidRequired,
@@ -125,6 +133,8 @@ impl TokenError {
             TokenError::TooLarge
             | TokenError::Malformed(_)
             | TokenError::AlgRefused(_)
+            | TokenError::AlgNotPinned(_)
+            | TokenError::KeyAlgMismatch(_)
             | TokenError::TypRefused
             | TokenError::CritRefused
             | TokenError::UnknownIssuer
@@ -159,6 +169,8 @@ impl TokenError {
             TokenError::TooLarge => "too_large",
             TokenError::Malformed(_) => "malformed",
             TokenError::AlgRefused(_) => "alg_refused",
+            TokenError::AlgNotPinned(_) => "alg_not_pinned",
+            TokenError::KeyAlgMismatch(_) => "key_alg_mismatch",
             TokenError::TypRefused => "typ_refused",
             TokenError::CritRefused => "crit_refused",
             TokenError::UnknownIssuer => "unknown_issuer",
@@ -190,11 +202,24 @@ impl fmt::Display for TokenError {
                 write!(f, "token longer than {} bytes", super::jws::MAX_TOKEN_LEN)
             }
             TokenError::Malformed(m) => write!(f, "malformed token: {}", m.describe()),
-            TokenError::AlgRefused(alg) => write!(f, "algorithm {alg:?} refused (only EdDSA/Ed25519)"),
+            TokenError::AlgRefused(alg) => {
+                write!(
+                    f,
+                    "algorithm {alg:?} refused (only EdDSA, RS256/384/512, PS256/384/512, ES256, ES384)"
+                )
+            }
+            TokenError::AlgNotPinned(alg) => {
+                write!(f, "algorithm {} is not among the issuer's pinned algorithms", alg.as_str())
+            }
+            TokenError::KeyAlgMismatch(alg) => {
+                write!(f, "algorithm {} cannot be verified by the issuer key the token may use", alg.as_str())
+            }
             TokenError::TypRefused => f.write_str("token type (typ) is not a JWT"),
             TokenError::CritRefused => f.write_str("critical header extensions (crit) are not supported"),
             TokenError::UnknownIssuer => f.write_str("issuer (iss) is not trusted by the bundle"),
-            TokenError::UnknownKid => f.write_str("key id (kid) is not a key of the issuer"),
+            TokenError::UnknownKid => {
+                f.write_str("key id (kid) or certificate thumbprint (x5t) is not a key of the issuer")
+            }
             TokenError::KidRequired => f.write_str("key id (kid) required: the issuer has too many keys"),
             TokenError::BadSignature => f.write_str("signature does not verify"),
             TokenError::MissingClaim(c) => write!(f, "required claim {c:?} missing"),
@@ -241,6 +266,8 @@ mod tests {
             TokenError::Missing,
             TokenError::TooLarge,
             TokenError::AlgRefused("HS256".into()),
+            TokenError::AlgNotPinned(JwsAlg::Rs256),
+            TokenError::KeyAlgMismatch(JwsAlg::Es384),
             TokenError::TypRefused,
             TokenError::CritRefused,
             TokenError::UnknownIssuer,
@@ -303,6 +330,9 @@ mod tests {
         assert_eq!(TokenError::NotSubscribed.fault_code(), 900_908);
         assert_eq!(TokenError::MissingScope.fault_code(), 900_910);
         assert_eq!(TokenError::BadSignature.fault_code(), 900_901);
+        // Algorithm confusion is a bad credential, as a bad signature is.
+        assert_eq!(TokenError::KeyAlgMismatch(JwsAlg::Rs256).fault_code(), 900_901);
+        assert_eq!(TokenError::AlgNotPinned(JwsAlg::Ps256).http_status(), 401);
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Self-contained tokens: local EdDSA JWT validation with the WSO2 claim profile (PRODUCT.md
-//! section 4). Pure: a token string, a bundle's manifest and a time go in, a [`Principal`] or a
-//! [`TokenError`] comes out; no sockets, no files.
+//! Self-contained tokens: local JWT validation (EdDSA, RS*, PS*, ES256/384) with the WSO2 claim
+//! profile (PRODUCT.md section 4). Pure: a token string, a bundle's manifest and a time go in, a
+//! [`Principal`] or a [`TokenError`] comes out; no sockets, no files.
 //!
 //! ```text
 //! token ─► size ─► cache? ──hit──────────────────────────────► time rules ─┐
 //!                    └─miss─► jws::parse (3 segments, base64url, header:   │
-//!                             alg EdDSA/Ed25519, no crit, typ) ─► strict   │
-//!                             JSON payload ─► iss → issuer ─► kid → key ─► │
-//!                             verify_strict ─► claims ─► revoked? ─► time ─┤
+//!                             alg known, no crit, typ) ─► strict JSON      │
+//!                             payload ─► iss → issuer ─► pin, kid/x5t →    │
+//!                             key of a fitting type ─► verify (Ed25519:    │
+//!                             verify_strict; RSA/EC: OpenSSL) ─► claims ─► │
+//!                             revoked? ─► time ────────────────────────────┤
 //!                                                          (cached) ◄──────┤
 //!                                                                          ▼
 //!                             authorize(api, op): subscription, scope ─► Principal
@@ -34,11 +36,10 @@ pub mod mint;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ed25519_dalek::VerifyingKey;
 use serde_json::{Value, json};
 
 use crate::bundle::Manifest;
-use crate::bundle::model::{Api, Operation, PublicKey};
+use crate::bundle::model::{Api, JwsAlg, Operation, PublicKey};
 
 pub use claims::{Application, KeyType, SubscribedApi, VerifiedToken};
 pub use clock::{Clock, FloorOrigin, ManualTime, Reading, SystemTime, TimeSource};
@@ -75,7 +76,21 @@ impl Default for ValidatorConfig {
 #[derive(Debug)]
 struct TrustedKey {
     kid: String,
-    key: VerifyingKey,
+    /// What the key's type allows, and its JWK `alg` when it names one.
+    public: PublicKey,
+    alg: Option<JwsAlg>,
+    x5t: Option<[u8; 20]>,
+    x5t_s256: Option<[u8; 32]>,
+    /// Parsed once per bundle.
+    key: jws::VerifyKey,
+}
+
+impl TrustedKey {
+    /// The key may verify a token signed with `alg`: its type allows it (an RSA key never an EC
+    /// or EdDSA token, an EC key only its own curve), and its JWK `alg`, if any, is `alg`.
+    fn fits(&self, alg: JwsAlg) -> bool {
+        self.public.allows(alg) && self.alg.is_none_or(|a| a == alg)
+    }
 }
 
 #[derive(Debug)]
@@ -83,9 +98,43 @@ struct TrustedIssuer {
     name: String,
     audience: Option<String>,
     validate_subscription: bool,
+    /// The issuer's pin; empty: any algorithm its keys allow.
+    algorithms: Vec<JwsAlg>,
     keys: Vec<TrustedKey>,
     tokens: bool,
     api_keys: bool,
+}
+
+impl TrustedIssuer {
+    /// The keys to try for a token, by the header's key references: the key its `kid` names;
+    /// else (no `kid`, or one that names no key: WSO2 API Manager 3.2+ writes a `kid` of its own
+    /// making beside the certificate's `x5t`) the key whose certificate thumbprint the header
+    /// carries; else, with no reference at all, every key that fits the algorithm, at most
+    /// [`MAX_KEYS_WITHOUT_KID`] of them.
+    fn candidates(&self, h: &jws::Jws<'_>) -> Result<Vec<&TrustedKey>, TokenError> {
+        if !self.algorithms.is_empty() && !self.algorithms.contains(&h.alg) {
+            return Err(TokenError::AlgNotPinned(h.alg));
+        }
+        let named = h.kid.as_deref().and_then(|kid| self.keys.iter().find(|k| k.kid == kid)).or_else(|| {
+            self.keys.iter().find(|k| {
+                (h.x5t.is_some() && k.x5t == h.x5t) || (h.x5t_s256.is_some() && k.x5t_s256 == h.x5t_s256)
+            })
+        });
+        if let Some(k) = named {
+            return if k.fits(h.alg) { Ok(vec![k]) } else { Err(TokenError::KeyAlgMismatch(h.alg)) };
+        }
+        if h.kid.is_some() || h.x5t.is_some() || h.x5t_s256.is_some() {
+            return Err(TokenError::UnknownKid);
+        }
+        let fitting: Vec<&TrustedKey> = self.keys.iter().filter(|k| k.fits(h.alg)).collect();
+        if fitting.is_empty() {
+            return Err(TokenError::KeyAlgMismatch(h.alg));
+        }
+        if fitting.len() > MAX_KEYS_WITHOUT_KID {
+            return Err(TokenError::KidRequired);
+        }
+        Ok(fitting)
+    }
 }
 
 /// Everything needed to validate tokens against one bundle, prepared once: issuers by `iss`,
@@ -136,9 +185,10 @@ impl Principal {
 }
 
 impl Validator {
-    /// Prepares validation for `manifest`'s issuers and revoked list. Keys that are not valid
-    /// Ed25519 points are skipped ([`Manifest::check`] already refuses them); weak keys are kept
-    /// and refused by `verify_strict` at every use.
+    /// Prepares validation for `manifest`'s issuers and revoked list: each key is parsed once
+    /// here (an Ed25519 point decompressed, an RSA or EC key made an OpenSSL key), never per
+    /// request. Keys that do not parse are skipped with a warning ([`Manifest::check`] already
+    /// refuses them); weak Ed25519 keys are kept and refused by `verify_strict` at every use.
     pub fn new(manifest: &Manifest, config: &ValidatorConfig) -> Validator {
         let mut issuers = Vec::with_capacity(manifest.issuers.len());
         let mut by_iss = HashMap::with_capacity(manifest.issuers.len());
@@ -146,19 +196,19 @@ impl Validator {
             let keys = i
                 .keys
                 .iter()
-                .filter_map(|k| match &k.key {
-                    PublicKey::Ed25519(raw) => match VerifyingKey::from_bytes(raw) {
-                        Ok(key) => Some(TrustedKey { kid: k.kid.clone(), key }),
-                        Err(_) => {
-                            log::warn!(
-                                "issuer {:?}: key {:?} is not an Ed25519 point, skipped",
-                                i.name,
-                                k.kid
-                            );
-                            None
-                        }
-                    },
-                    _ => None,
+                .filter_map(|k| match jws::VerifyKey::new(&k.key) {
+                    Ok(key) => Some(TrustedKey {
+                        kid: k.kid.clone(),
+                        public: k.key.clone(),
+                        alg: k.alg,
+                        x5t: k.x5t,
+                        x5t_s256: k.x5t_s256,
+                        key,
+                    }),
+                    Err(why) => {
+                        log::warn!("issuer {:?}: key {:?} skipped: {why}", i.name, k.kid);
+                        None
+                    }
                 })
                 .collect();
             by_iss.insert(i.issuer.clone(), issuers.len());
@@ -166,6 +216,7 @@ impl Validator {
                 name: i.name.clone(),
                 audience: i.audience.clone(),
                 validate_subscription: i.validate_subscription,
+                algorithms: i.algorithms.clone(),
                 keys,
                 tokens: i.tokens,
                 api_keys: i.api_keys,
@@ -223,17 +274,10 @@ impl Validator {
             .get(iss.as_str())
             .and_then(|&i| self.issuers.get(i))
             .ok_or(TokenError::UnknownIssuer)?;
-        let candidates: &[TrustedKey] = match jws.kid.as_deref() {
-            Some(kid) => match issuer.keys.iter().position(|k| k.kid == kid) {
-                Some(i) => &issuer.keys[i..=i],
-                None => return Err(TokenError::UnknownKid),
-            },
-            None if issuer.keys.len() > MAX_KEYS_WITHOUT_KID => return Err(TokenError::KidRequired),
-            None => &issuer.keys,
-        };
-        let key = candidates
-            .iter()
-            .find(|k| jws::verify_signature(&k.key, jws.signing_input.as_bytes(), &jws.signature))
+        let key = issuer
+            .candidates(&jws)?
+            .into_iter()
+            .find(|k| jws::verify(&k.key, jws.alg, jws.signing_input.as_bytes(), &jws.signature))
             .ok_or(TokenError::BadSignature)?;
         let view = claims::IssuerView {
             name: &issuer.name,
@@ -619,13 +663,244 @@ mod tests {
     }
 
     #[test]
-    fn rs256() {
+    fn rs256_and_es256_against_an_ed25519_issuer() {
         let header = b64(br#"{"alg":"RS256","typ":"JWT","kid":"rsa-1"}"#);
         let t = format!("{header}.{}.{}", b64(good_claims().to_string().as_bytes()), b64(&[0x5a; 256]));
-        assert_refused(&t, TokenError::AlgRefused("RS256".into()), 900_901);
+        assert_refused(&t, TokenError::UnknownKid, 900_901);
+        // Under the Ed25519 key's own kid, or with no kid: no key of the issuer can verify it.
+        let kid = keys::jwk_thumbprint(&central_key().verifying_key());
+        let header = b64(json!({"alg":"RS256","kid":kid}).to_string().as_bytes());
+        let t = format!("{header}.{}.{}", b64(good_claims().to_string().as_bytes()), b64(&[0x5a; 256]));
+        assert_refused(&t, TokenError::KeyAlgMismatch(JwsAlg::Rs256), 900_901);
         let header = b64(br#"{"alg":"ES256"}"#);
         let t = format!("{header}.{}.{}", b64(good_claims().to_string().as_bytes()), b64(&[0x5a; 64]));
-        assert_refused(&t, TokenError::AlgRefused("ES256".into()), 900_901);
+        assert_refused(&t, TokenError::KeyAlgMismatch(JwsAlg::Es256), 900_901);
+    }
+
+    /// RSA and EC issuers (issue 10): keys made with OpenSSL here, tokens signed the way
+    /// `token mint` signs them (checked against PyJWT in `tests/idp_tokens.rs`).
+    mod idp {
+        use super::*;
+        use crate::bundle::model::JwsAlg::{self, *};
+        use crate::token::mint::TokenKey;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::nid::Nid;
+        use openssl::pkey::{PKey, Private};
+        use openssl::rsa::Rsa;
+        use std::sync::OnceLock;
+
+        const IDP: &str = "https://idp.example/realms/r";
+        const PINNED: &str = "https://pinned.example/";
+
+        struct Keys {
+            rsa: TokenKey,
+            rsa_other: TokenKey,
+            p256: TokenKey,
+            p384: TokenKey,
+        }
+
+        fn ec(nid: Nid) -> PKey<Private> {
+            let group = EcGroup::from_curve_name(nid).expect("curve");
+            PKey::from_ec_key(EcKey::generate(&group).expect("EC key")).expect("pkey")
+        }
+
+        fn rsa() -> PKey<Private> {
+            PKey::from_rsa(Rsa::generate(2048).expect("RSA key")).expect("pkey")
+        }
+
+        fn keys() -> &'static Keys {
+            static KEYS: OnceLock<Keys> = OnceLock::new();
+            KEYS.get_or_init(|| Keys {
+                rsa: TokenKey::new(rsa()).expect("rsa"),
+                rsa_other: TokenKey::new(rsa()).expect("rsa"),
+                p256: TokenKey::new(ec(Nid::X9_62_PRIME256V1)).expect("p256"),
+                p384: TokenKey::new(ec(Nid::SECP384R1)).expect("p384"),
+            })
+        }
+
+        fn public(k: &TokenKey) -> PublicKey {
+            let der = k.public_der();
+            match k.default_alg() {
+                Rs256 => PublicKey::Rsa(der),
+                Es256 => PublicKey::EcP256(der),
+                Es384 => PublicKey::EcP384(der),
+                _ => unreachable!("RSA and EC keys only here"),
+            }
+        }
+
+        fn ikey(kid: &str, k: &TokenKey, alg: Option<JwsAlg>) -> IssuerKey {
+            IssuerKey { kid: kid.into(), key: public(k), alg, x5t: None, x5t_s256: None }
+        }
+
+        fn issuer(name: &str, iss: &str, keys: Vec<IssuerKey>, algorithms: Vec<JwsAlg>) -> Issuer {
+            Issuer {
+                name: name.into(),
+                issuer: iss.into(),
+                audience: None,
+                keys,
+                validate_subscription: false,
+                algorithms,
+                tokens: true,
+                api_keys: false,
+            }
+        }
+
+        /// `idp`: an RSA key (kid "rsa", certificate thumbprints [1; 20] / [2; 32]), an RSA key
+        /// pinned to RS512 by its JWK `alg`, a P-256 and a P-384 key, and five Ed25519 keys.
+        /// `pinned`: the RSA key and the P-256 key, algorithms pinned to PS256 and ES256.
+        fn manifest() -> Manifest {
+            let k = keys();
+            let mut m = super::manifest();
+            let mut rsa = ikey("rsa", &k.rsa, None);
+            rsa.x5t = Some([1; 20]);
+            rsa.x5t_s256 = Some([2; 32]);
+            let mut idp_keys = vec![
+                rsa,
+                ikey("rs512-only", &k.rsa_other, Some(Rs512)),
+                ikey("p256", &k.p256, None),
+                ikey("p384", &k.p384, None),
+            ];
+            idp_keys.extend(ring_keys().iter().enumerate().map(|(i, r)| issuer_key(&format!("ed{i}"), r)));
+            m.issuers.push(issuer("idp", IDP, idp_keys, Vec::new()));
+            m.issuers.push(issuer(
+                "pinned",
+                PINNED,
+                vec![ikey("rsa", &k.rsa, None), ikey("p256", &k.p256, None)],
+                vec![Ps256, Es256],
+            ));
+            m.check().expect("valid manifest");
+            m
+        }
+
+        fn claims(iss: &str) -> String {
+            json!({"iss": iss, "sub": "bob", "exp": NOW + 600, "iat": NOW,
+                   "application": {"id": "12", "name": "App", "tier": "Unlimited"}})
+            .to_string()
+        }
+
+        fn sign(k: &TokenKey, alg: JwsAlg, header: Value, iss: &str) -> String {
+            let mut h = header;
+            h["alg"] = json!(alg.as_str());
+            let input = format!("{}.{}", b64(h.to_string().as_bytes()), b64(claims(iss).as_bytes()));
+            let sig = k.sign(alg, input.as_bytes()).expect("signed");
+            format!("{input}.{}", b64(&sig))
+        }
+
+        fn verify(t: &str) -> Result<String, TokenError> {
+            let v = Validator::new(&manifest(), &ValidatorConfig::default());
+            v.verify_uncached(t, NOW).map(|t| t.kid)
+        }
+
+        #[test]
+        fn every_algorithm_with_its_key() {
+            let k = keys();
+            for alg in [Rs256, Rs384, Rs512, Ps256, Ps384, Ps512] {
+                let t = sign(&k.rsa, alg, json!({"kid": "rsa"}), IDP);
+                assert_eq!(verify(&t), Ok("rsa".to_owned()), "{}", alg.as_str());
+            }
+            assert_eq!(verify(&sign(&k.p256, Es256, json!({"kid":"p256"}), IDP)), Ok("p256".to_owned()));
+            assert_eq!(verify(&sign(&k.p384, Es384, json!({"kid":"p384"}), IDP)), Ok("p384".to_owned()));
+            // No kid: only the keys that fit the algorithm count (five Ed25519 keys do not).
+            assert_eq!(verify(&sign(&k.p384, Es384, json!({}), IDP)), Ok("p384".to_owned()));
+            assert_eq!(verify(&sign(&k.rsa, Ps384, json!({}), IDP)), Ok("rsa".to_owned()));
+            assert_eq!(verify(&sign(&k.rsa_other, Rs512, json!({}), IDP)), Ok("rs512-only".to_owned()));
+            let ed = sign_raw(&ring_keys()[0], r#"{"alg":"EdDSA"}"#, &claims(IDP));
+            assert_eq!(verify(&ed), Err(TokenError::KidRequired));
+        }
+
+        #[test]
+        fn key_confusion_is_refused() {
+            let k = keys();
+            // An RSA-signed token under the EC key's kid, an ES384 token under the P-256 key's.
+            let t = sign(&k.rsa, Rs256, json!({"kid":"p256"}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::KeyAlgMismatch(Rs256)));
+            let t = sign(&k.p384, Es384, json!({"kid":"p256"}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::KeyAlgMismatch(Es384)));
+            // An EC signature of the right length under the RSA key's kid.
+            let t = sign(&k.p256, Es256, json!({"kid":"rsa"}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::KeyAlgMismatch(Es256)));
+            // The key's JWK alg restricts it further.
+            let t = sign(&k.rsa_other, Rs256, json!({"kid":"rs512-only"}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::KeyAlgMismatch(Rs256)));
+            // The issuer's pin: RS256 by the right key is still refused, PS256 passes.
+            let t = sign(&k.rsa, Rs256, json!({"kid":"rsa"}), PINNED);
+            assert_eq!(verify(&t), Err(TokenError::AlgNotPinned(Rs256)));
+            assert_eq!(verify(&sign(&k.rsa, Ps256, json!({"kid":"rsa"}), PINNED)), Ok("rsa".to_owned()));
+            // HS256 with the RSA public key (SPKI DER) as the HMAC secret.
+            let input = format!("{}.{}", b64(br#"{"alg":"HS256","kid":"rsa"}"#), b64(claims(IDP).as_bytes()));
+            let t = format!("{input}.{}", b64(&hmac_sha256(&k.rsa.public_der(), input.as_bytes())));
+            assert_eq!(verify(&t), Err(TokenError::AlgRefused("HS256".into())));
+            let t = format!("{}.{}.", b64(br#"{"alg":"none","kid":"rsa"}"#), b64(claims(IDP).as_bytes()));
+            assert_eq!(verify(&t), Err(TokenError::AlgRefused("none".into())));
+        }
+
+        #[test]
+        fn signatures_are_checked_exactly() {
+            let k = keys();
+            // Another RSA key under this kid.
+            let t = sign(&k.rsa_other, Rs256, json!({"kid":"rsa"}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::BadSignature));
+            // PKCS#1 v1.5 presented as PSS and the other way round.
+            let rs = sign(&k.rsa, Rs256, json!({"kid":"rsa"}), IDP);
+            let (_, sig) = rs.rsplit_once('.').expect("dots");
+            let h = b64(br#"{"alg":"PS256","kid":"rsa"}"#);
+            let t = format!("{h}.{}.{sig}", b64(claims(IDP).as_bytes()));
+            assert_eq!(verify(&t), Err(TokenError::BadSignature));
+            // Shorter than any RSA modulus gatelet accepts; longer than this key's modulus by a
+            // leading zero byte (the same number): only the exact length is verified.
+            let raw = Base64UrlUnpadded::decode_vec(sig).expect("b64");
+            let (input, _) = rs.rsplit_once('.').expect("dots");
+            let t = format!("{input}.{}", b64(&raw[1..]));
+            assert_eq!(verify(&t), Err(TokenError::Malformed(Malformed::SignatureLength)));
+            let t = format!("{input}.{}", b64(&[&[0u8][..], &raw].concat()));
+            assert_eq!(verify(&t), Err(TokenError::BadSignature));
+            // ECDSA in DER (what some libraries emit by mistake) is not JWS's R || S.
+            let es = sign(&k.p256, Es256, json!({"kid":"p256"}), IDP);
+            let (input, sig) = es.rsplit_once('.').expect("dots");
+            let raw = Base64UrlUnpadded::decode_vec(sig).expect("b64");
+            let der = openssl::ecdsa::EcdsaSig::from_private_components(
+                openssl::bn::BigNum::from_slice(&raw[..32]).expect("r"),
+                openssl::bn::BigNum::from_slice(&raw[32..]).expect("s"),
+            )
+            .and_then(|s| s.to_der())
+            .expect("DER");
+            let t = format!("{input}.{}", b64(&der));
+            assert_eq!(verify(&t), Err(TokenError::Malformed(Malformed::SignatureLength)));
+            // R || S with S = 0 and a flipped bit.
+            let mut zero = raw.clone();
+            zero[32..].fill(0);
+            assert_eq!(verify(&format!("{input}.{}", b64(&zero))), Err(TokenError::BadSignature));
+            let mut flipped = raw;
+            flipped[5] ^= 1;
+            assert_eq!(verify(&format!("{input}.{}", b64(&flipped))), Err(TokenError::BadSignature));
+        }
+
+        #[test]
+        fn certificate_thumbprints_select_the_key() {
+            let k = keys();
+            let sha1 = [1u8; 20];
+            let hex = keys::hex(&sha1);
+            for x5t in [
+                b64(&sha1),                                       // RFC 7515
+                base64ct::Base64::encode_string(hex.as_bytes()),  // WSO2 API Manager 3.x
+                Base64UrlUnpadded::encode_string(hex.as_bytes()), // some WSO2 versions
+            ] {
+                let t = sign(&k.rsa, Rs256, json!({"x5t": x5t}), IDP);
+                assert_eq!(verify(&t), Ok("rsa".to_owned()), "x5t {x5t}");
+                // A kid of WSO2's own making that names no key: the x5t still finds it.
+                let t = sign(&k.rsa, Rs256, json!({"kid": format!("{x5t}_RS256"), "x5t": x5t}), IDP);
+                assert_eq!(verify(&t), Ok("rsa".to_owned()), "x5t {x5t} beside an unknown kid");
+            }
+            let t = sign(&k.rsa, Rs256, json!({"x5t#S256": b64(&[2; 32])}), IDP);
+            assert_eq!(verify(&t), Ok("rsa".to_owned()));
+            let t = sign(&k.rsa, Rs256, json!({"x5t": b64(&[3; 20])}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::UnknownKid));
+            let t = sign(&k.rsa, Rs256, json!({"kid": "nope"}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::UnknownKid));
+            // The thumbprint names the RSA key: an EC token under it is confusion.
+            let t = sign(&k.p256, Es256, json!({"x5t": b64(&sha1)}), IDP);
+            assert_eq!(verify(&t), Err(TokenError::KeyAlgMismatch(Es256)));
+        }
     }
 
     #[test]

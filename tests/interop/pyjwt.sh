@@ -4,7 +4,8 @@
 #  1. openssl makes an issuer key; gatelet builds a bundle trusting it.
 #  2. PyJWT (with the cryptography package) mints tokens with that key: valid ones and ones that
 #     must be refused (expired, wrong audience, other key, HS256 with the public key as secret,
-#     RS256, ES256, alg none, revoked, unsubscribed, missing scope, tampered, ...).
+#     RS256 and ES256 against an Ed25519 key, alg none, revoked, unsubscribed, missing scope,
+#     tampered, ...). RSA and EC issuers are covered by tests/idp_tokens.rs.
 #  3. `gatelet token verify` must accept exactly the valid ones, refusing the others with the
 #     expected WSO2 fault code and reason label.
 #  4. PyJWT must verify a token from `gatelet token mint` (and refuse it once tampered), and the
@@ -132,9 +133,10 @@ case("other key under the issuer's kid", "900901/bad_signature", ed(claims(), k=
 case("other key, no kid", "900901/bad_signature", ed(claims(), k=outsider))
 case("unknown kid", "900901/unknown_kid", ed(claims(), kid="nope"))
 case("HS256 with the public key as secret", "900901/alg_refused", jwt.encode(claims(), raw, algorithm="HS256"))
-case("RS256", "900901/alg_refused",
+# An RSA or EC token against an issuer whose only key is Ed25519: no key may verify it.
+case("RS256", "900901/key_alg_mismatch",
      jwt.encode(claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256"))
-case("ES256", "900901/alg_refused", jwt.encode(claims(), ec.generate_private_key(ec.SECP256R1()), algorithm="ES256"))
+case("ES256", "900901/key_alg_mismatch", jwt.encode(claims(), ec.generate_private_key(ec.SECP256R1()), algorithm="ES256"))
 case("alg none", "900901/alg_refused", jwt.encode(claims(), None, algorithm="none"))
 case("crit header", "900901/crit_refused", ed(claims(), kid=kid, crit=["exp"]))
 case("revoked jti", "900901/revoked", ed(claims(jti="revoked-1")))
