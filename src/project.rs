@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::bundle::model::{
-    self, Api, ApiKeyLocation, Cors, EndpointKind, Endpoints, Issuer, IssuerKey, Manifest, Method, Operation,
-    Policy, PolicyLevel, ScopeRule, UNLIMITED,
+    self, Api, ApiKeyLocation, Cors, EndpointKind, EndpointUrl, Endpoints, Issuer, IssuerKey, Manifest,
+    Method, Operation, Policy, PolicyLevel, ScopeRule, UNLIMITED,
 };
 use crate::keys;
 
@@ -380,9 +380,11 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
 
     // WSO2 documents several scopes in one requirement as alternatives, and the definitions
     // people bring were written for it; OpenAPI's all-of reading is the opt-in.
-    let scope_rule = match project.scopes.as_deref() {
-        None | Some("any-of") => ScopeRule::AnyOf,
-        Some("all-of") => ScopeRule::AllOf,
+    // `None`: the default (any-of), with a warning wherever it decides something.
+    let scope_setting = match project.scopes.as_deref() {
+        None => None,
+        Some("any-of") => Some(ScopeRule::AnyOf),
+        Some("all-of") => Some(ScopeRule::AllOf),
         Some(other) => {
             return Err(err(
                 &toml_path,
@@ -417,7 +419,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
     let mut context_file: HashMap<String, PathBuf> = HashMap::new();
     for file in &files {
         bump(&mut newest, file);
-        let api = compile_api(file, &policies, scope_rule, &mut warnings)?;
+        let api = compile_api(file, &policies, scope_setting, &mut warnings)?;
         if let Some(other) = context_file.get(&api.context) {
             let text = read_input(file)?;
             return Err(err(
@@ -473,7 +475,7 @@ pub fn compile_at(dir: &Path, serial: u64, now: u64) -> Result<Compiled, Project
         policies,
         apis,
         revoked_jti: revoked,
-        scope_rule,
+        scope_rule: scope_setting.unwrap_or(ScopeRule::AnyOf),
         default_subscription_tier: default_tier,
     };
     if !manifest.issuers.iter().any(|i| i.api_keys) {
@@ -581,7 +583,7 @@ impl Doc<'_> {
 fn compile_api(
     file: &Path,
     policies: &[Policy],
-    scope_rule: ScopeRule,
+    scope_rule: Option<ScopeRule>,
     warnings: &mut Vec<String>,
 ) -> Result<Api, ProjectError> {
     let text = read_input(file)?;
@@ -759,13 +761,26 @@ fn compile_api(
     }
 
     // As in WSO2, credentials given for the API's endpoints also apply to an operation's own
-    // endpoints of the same kind that give none.
+    // endpoints of the same kind that give none, but only when those are the same backends
+    // (scheme, host and port): a password is never handed to a server it was not written for.
+    let origin = |url: &String| EndpointUrl::parse(url).ok().map(|u| (u.tls, u.host, u.port));
     for op in &mut operations {
+        let (method, path) = (op.method, op.path.clone());
         for (own, api_level) in [(&mut op.production, &production), (&mut op.sandbox, &sandbox)] {
-            if let (Some(own), Some(api_level)) = (own.as_mut(), api_level) {
-                if own.basic_auth.is_none() {
-                    own.basic_auth.clone_from(&api_level.basic_auth);
-                }
+            let (Some(own), Some(api_level)) = (own.as_mut(), api_level) else { continue };
+            if own.basic_auth.is_some() || api_level.basic_auth.is_none() {
+                continue;
+            }
+            let known: Vec<_> = api_level.urls.iter().map(origin).collect();
+            if own.urls.iter().all(|u| origin(u).is_some_and(|o| known.contains(&Some(o)))) {
+                own.basic_auth.clone_from(&api_level.basic_auth);
+            } else {
+                warnings.push(format!(
+                    "{}: {} {path}: the API's endpoint securityConfig is not given to this operation's \
+                     endpoints, which are other backends; give them their own securityConfig",
+                    file.display(),
+                    method.as_str()
+                ));
             }
         }
     }
@@ -926,7 +941,7 @@ fn endpoints_field(
         return Err(doc.fail(&at, format!("{key}: urls is empty")));
     }
     for u in &urls {
-        model::EndpointUrl::parse(u).map_err(|e| doc.fail_value(&at, u, format!("{key}: bad URL {e}")))?;
+        EndpointUrl::parse(u).map_err(|e| doc.fail_value(&at, u, format!("{key}: bad URL {e}")))?;
     }
     let kind = match o.get("type").map(|t| t.as_str()) {
         None if urls.len() == 1 => EndpointKind::Single,
@@ -1159,7 +1174,7 @@ fn server_fallback(
         }
         url
     };
-    model::EndpointUrl::parse(&url).map_err(|e| {
+    EndpointUrl::parse(&url).map_err(|e| {
         doc.fail(
             &[if swagger2 { "host" } else { "servers" }],
             format!("no x-wso2-production-endpoints and the server URL is not usable: {e}"),
@@ -1363,8 +1378,9 @@ struct Requirements<'a> {
     at: &'a [&'a str],
     /// `x-wso2-disable-security`: the requirements are never checked.
     security_disabled: bool,
-    /// Whether the scopes of one requirement are alternatives or all needed.
-    scope_rule: ScopeRule,
+    /// Whether the scopes of one requirement are alternatives or all needed; `None`: the
+    /// project did not say (any-of, with a warning where it matters).
+    scope_rule: Option<ScopeRule>,
 }
 
 /// OpenAPI security requirements → the scope alternatives a bearer JWT must meet (see
@@ -1442,7 +1458,20 @@ fn scopes_of(
         all.dedup();
         if all.is_empty() {
             any_token = true;
-        } else if reqs.scope_rule == ScopeRule::AnyOf {
+        } else if reqs.scope_rule.unwrap_or(ScopeRule::AnyOf) == ScopeRule::AnyOf {
+            if reqs.scope_rule.is_none() && all.len() > 1 {
+                // A project rebuilt from definitions that were read all-of before would silently
+                // open its operations wider: say so until the project chooses.
+                let line = locate(&doc.text, reqs.at).map_or(String::new(), |l| format!(":{l}"));
+                warnings.push(format!(
+                    "{}{line}: {}: scopes {} in one requirement are alternatives (any one is \
+                     enough, as in WSO2); set scopes = \"all-of\" in gatelet.toml to need all of \
+                     them, or scopes = \"any-of\" to keep this and silence the warning",
+                    doc.file.display(),
+                    reqs.operation,
+                    all.join(", ")
+                ));
+            }
             alts.extend(all.into_iter().map(|s| vec![s]));
         } else {
             alts.push(all);
@@ -1849,10 +1878,15 @@ components:
     #[test]
     fn scopes_in_one_requirement_are_alternatives_unless_the_project_says_all_of() {
         let api = wso2_api("", "[{oauth: [b, a]}, {oauth: [c]}]");
-        for toml in ["label = \"t\"\n", "label = \"t\"\nscopes = \"any-of\"\n"] {
+        for (toml, warned) in [("label = \"t\"\n", true), ("label = \"t\"\nscopes = \"any-of\"\n", false)] {
             let c = project("any-of", toml, &api).expect("builds");
             assert_eq!(c.manifest.scope_rule, ScopeRule::AnyOf);
             assert_eq!(scopes(&c), [vec!["a".to_owned()], vec!["b".to_owned()], vec!["c".to_owned()]]);
+            // Left to the default, the reading is said wherever it decides something: a project
+            // rebuilt from definitions read all-of before must not open up silently.
+            let said: Vec<_> =
+                c.warnings.iter().filter(|w| w.contains("scopes a, b in one requirement")).collect();
+            assert_eq!(said.len(), usize::from(warned), "{toml:?}: {:?}", c.warnings);
         }
         let c = project("all-of", "label = \"t\"\nscopes = \"all-of\"\n", &api).expect("builds");
         assert_eq!(c.manifest.scope_rule, ScopeRule::AllOf);
@@ -1961,22 +1995,31 @@ components:
                 && w.contains("non-idempotent"),
             "{w}"
         );
-        // Credentials given for the API's endpoints apply to an operation's own list of that kind.
-        let api = "openapi: 3.0.3\ninfo: {title: P, version: '1'}\nx-wso2-basePath: /p\n\
-                   x-wso2-endpoints:\n  - backend: {urls: ['http://127.0.0.1:1'], securityConfig: {type: basic, username: u, password: p}}\n\
-                   x-wso2-production-endpoints: '#/x-wso2-endpoints/backend'\n\
-                   paths:\n  /a:\n    get:\n      x-wso2-production-endpoints: {urls: ['http://127.0.0.1:2']}\n      x-wso2-disable-security: true\n      responses: {'200': {description: ok}}\n";
-        let c = project("ep-inherit", "label = \"t\"\n", api).expect("builds");
-        assert!(
-            c.warnings.is_empty(),
-            "a referenced x-wso2-endpoints is used, not ignored: {:?}",
-            c.warnings
-        );
-        let op = &c.manifest.apis[0].operations[0];
-        assert_eq!(
-            op.production.as_ref().and_then(|e| e.basic_auth.as_ref()).map(|b| b.username.as_str()),
-            Some("u")
-        );
+        // Credentials given for the API's endpoints apply to an operation's own list of that kind,
+        // when it names the same backends (scheme, host, port); never to another server.
+        let inherit = |name: &str, op_url: &str| {
+            let api = format!(
+                "openapi: 3.0.3\ninfo: {{title: P, version: '1'}}\nx-wso2-basePath: /p\n\
+                 x-wso2-endpoints:\n  - backend: {{urls: ['http://127.0.0.1:1/base'], securityConfig: {{type: basic, username: u, password: p}}}}\n\
+                 x-wso2-production-endpoints: '#/x-wso2-endpoints/backend'\n\
+                 paths:\n  /a:\n    get:\n      x-wso2-production-endpoints: {{urls: ['{op_url}']}}\n      x-wso2-disable-security: true\n      responses: {{'200': {{description: ok}}}}\n"
+            );
+            let c = project(name, "label = \"t\"\n", &api).expect("builds");
+            let user = c.manifest.apis[0].operations[0]
+                .production
+                .as_ref()
+                .and_then(|e| e.basic_auth.as_ref())
+                .map(|b| b.username.clone());
+            (user, c.warnings)
+        };
+        let (user, warnings) = inherit("ep-inherit", "http://127.0.0.1:1/other");
+        assert!(warnings.is_empty(), "a referenced x-wso2-endpoints is used, not ignored: {warnings:?}");
+        assert_eq!(user.as_deref(), Some("u"));
+        for other in ["http://127.0.0.1:2/base", "https://127.0.0.1:1/base", "http://localhost:1/base"] {
+            let (user, warnings) = inherit("ep-other", other);
+            assert_eq!(user, None, "{other} got the API backend's password");
+            assert!(warnings.iter().any(|w| w.contains("other backends")), "{other}: {warnings:?}");
+        }
         // Refusals: each names the key, none shows the password.
         for (ep, why) in [
             (

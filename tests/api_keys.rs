@@ -150,10 +150,28 @@ fn api_keys_from_a_header_and_from_the_query_never_reach_the_backend_or_the_usag
     let r = send(gw, "GET", "/pets/1.0.0/pets", &[], b"");
     assert_eq!((r.status, r.fault_code()), (401, 900902));
 
+    // Refused before routing (ambiguous framing), with a path that does not normalise, in origin
+    // and absolute form: the refusal's usage record names the path, never the query.
+    for target in ["/pets/1.0.0/pets;x?api_key=LEAKED-KEY-1", "http://gw/pets/1.0.0/p;x?api_key=LEAKED-KEY-2"]
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(gw).expect("connect");
+        write!(
+            c,
+            "POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    }
+
     running.shutdown();
     let usage = usage_text(&f);
     assert!(usage.lines().filter(|l| l.contains("\"api\":\"Pets\"")).count() >= 5, "{usage}");
     assert!(!usage.contains(sig) && !usage.contains("not-a-jwt"), "a key reached the usage file: {usage}");
+    assert!(usage.contains("pets;x"), "the framing refusals were recorded: {usage}");
+    assert!(!usage.contains("LEAKED-KEY"), "a refused request's query reached the usage file: {usage}");
 }
 
 #[test]

@@ -94,6 +94,7 @@ fn check_wso2_claims(claims: &Value, ttl: u64) {
     assert_eq!(w("tier"), "Gold");
     assert_eq!(w("keytype"), "PRODUCTION");
     assert_eq!(w("enduser"), "alice");
+    assert_eq!(claims["idp"], "test", "the bundle's issuer that vouched for the caller");
     let (iat, exp) = (claims["iat"].as_u64().expect("iat"), claims["exp"].as_u64().expect("exp"));
     assert_eq!(exp - iat, ttl);
 }

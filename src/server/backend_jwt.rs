@@ -170,6 +170,10 @@ fn claims(issuer: &str, principal: &Principal, api: &Api, now: u64, exp: u64) ->
     c.insert("iat".into(), json!(now));
     c.insert("exp".into(), json!(exp));
     c.insert("sub".into(), json!(t.subject));
+    // Which of the bundle's issuers vouched for the caller: two issuers may both have a user
+    // `admin`, and the backend must be able to tell them apart (`sub`, `enduser` and
+    // `subscriber` alone cannot).
+    c.insert("idp".into(), json!(t.issuer));
     let mut put = |name: &str, v: Option<&str>| {
         if let Some(v) = v {
             c.insert(format!("{WSO2}{name}"), json!(v));

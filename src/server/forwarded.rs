@@ -249,21 +249,39 @@ pub fn set_forwarding(
 /// The caller's address: the TCP peer, unless the peer is one of `server.trusted_proxies`; then
 /// the nearest address in `X-Forwarded-For` (read right to left) that is not itself a trusted
 /// proxy. Only the trusted proxies' own appends are believed, so a client cannot choose it.
-/// A malformed entry stops the walk at the last address believed.
-pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+/// `None` when a trusted proxy does not say who it forwards for (no `X-Forwarded-For`, or an
+/// entry that is not an address, `ip:port` and `[v6]:port` being read as addresses): the caller
+/// is then unknown, and a restriction to some addresses is not met (the proxy's own address
+/// would meet one meant for its network).
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> Option<IpAddr> {
     if trusted.is_empty() || !trusted.contains(peer) {
-        return peer;
+        return Some(peer);
     }
-    let mut caller = peer;
-    let Some(chain) = joined(headers, &X_FORWARDED_FOR) else { return caller };
+    let chain = joined(headers, &X_FORWARDED_FOR)?;
+    let mut caller = None;
     for hop in chain.rsplit(',') {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else { return caller };
-        caller = ip;
+        let ip = hop_address(hop.trim())?;
+        caller = Some(ip);
         if !trusted.contains(ip) {
             break;
         }
     }
     caller
+}
+
+/// An `X-Forwarded-For` entry: an address, `a.b.c.d:port` or `[v6]:port`.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (v6, port) = rest.split_once("]:")?;
+        port.parse::<u16>().ok()?;
+        return v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let (v4, port) = hop.split_once(':')?;
+    port.parse::<u16>().ok()?;
+    v4.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 #[cfg(test)]
@@ -395,13 +413,19 @@ mod tests {
         let peer: IpAddr = "10.0.0.1".parse().expect("ip");
         let h = |xff: &str| map(&[("x-forwarded-for", xff)]);
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        assert_eq!(client_address(&h("203.0.113.9, 10.1.1.1"), peer, &trusted), ip("203.0.113.9"));
-        assert_eq!(client_address(&h("198.51.100.1, 203.0.113.9"), peer, &trusted), ip("203.0.113.9"));
-        assert_eq!(client_address(&map(&[]), peer, &trusted), peer);
-        assert_eq!(client_address(&h("garbage, 10.2.2.2"), peer, &trusted), ip("10.2.2.2"));
+        let at = |xff: &str| client_address(&h(xff), peer, &trusted);
+        assert_eq!(at("203.0.113.9, 10.1.1.1"), Some(ip("203.0.113.9")));
+        assert_eq!(at("198.51.100.1, 203.0.113.9"), Some(ip("203.0.113.9")));
+        assert_eq!(at("203.0.113.9:51234, 10.1.1.1"), Some(ip("203.0.113.9")));
+        assert_eq!(at("[2001:db8::7]:443"), Some(ip("2001:db8::7")));
+        assert_eq!(at("10.3.3.3, 10.2.2.2"), Some(ip("10.3.3.3")), "a caller inside the trusted network");
+        // A trusted proxy that does not say who it forwards for: unknown, never the proxy itself.
+        assert_eq!(client_address(&map(&[]), peer, &trusted), None);
+        assert_eq!(at("garbage, 10.2.2.2"), None);
+        assert_eq!(at("unknown"), None);
         // From an untrusted peer, the header is the client's word: ignored.
         let outsider = ip("192.0.2.1");
-        assert_eq!(client_address(&h("203.0.113.9"), outsider, &trusted), outsider);
-        assert_eq!(client_address(&h("203.0.113.9"), peer, &TrustedProxies::default()), peer);
+        assert_eq!(client_address(&h("203.0.113.9"), outsider, &trusted), Some(outsider));
+        assert_eq!(client_address(&h("203.0.113.9"), peer, &TrustedProxies::default()), Some(peer));
     }
 }

@@ -450,9 +450,9 @@ impl Gateway {
         let line = String::from_utf8_lossy(request_line);
         let mut parts = line.split(' ');
         let method: String = parts.next().unwrap_or("").chars().take(16).collect();
-        let target = parts.next().unwrap_or("");
-        let resource = router::normalize_path(target.split('?').next().unwrap_or(""))
-            .unwrap_or_else(|_| target.chars().take(256).collect());
+        // Never the query: it may hold an API key (`?apikey=...`), in any form of target.
+        let path = parts.next().unwrap_or("").split(['?', '#']).next().unwrap_or("");
+        let resource = router::normalize_path(path).unwrap_or_else(|_| path.chars().take(256).collect());
         let mut record = self.arrived(&self.active(), method, peer);
         record.resource = resource;
         record.status = status;

@@ -31,7 +31,7 @@ impl Validator {
         &self,
         key: &str,
         api: &Api,
-        client_ip: IpAddr,
+        client_ip: Option<IpAddr>,
         referer: Option<&str>,
         now: u64,
     ) -> Result<Principal, TokenError> {
@@ -227,7 +227,7 @@ mod tests {
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 
     fn check(v: &Validator, key: &str) -> Result<Principal, TokenError> {
-        v.validate_api_key(key, &api(), LOCAL, None, NOW)
+        v.validate_api_key(key, &api(), Some(LOCAL), None, NOW)
     }
 
     #[test]
@@ -258,6 +258,35 @@ mod tests {
         assert_eq!(v.validate(&apim_key, &a, op, NOW).map(drop), Err(TokenError::ApiKeyAsBearer));
         let apim_token = signed(&key(1), &with(wso2_key(APIM), "token_type", json!("Bearer")));
         assert!(v.validate(&apim_token, &a, op, NOW).is_ok());
+        // An issuer of both: the access token is not an API key (it would skip the scopes an
+        // operation asks of tokens), whether it says so or looks like one (a `consumerKey`, or
+        // no `application`).
+        assert_eq!(check(&v, &apim_token).map(drop), Err(TokenError::NotAnApiKey));
+        let mut untyped = wso2_key(APIM);
+        untyped.remove("token_type");
+        let access = signed(&key(1), &with(untyped.clone(), "consumerKey", json!("c0nsum3r")));
+        assert_eq!(check(&v, &access).map(drop), Err(TokenError::NotAnApiKey));
+        assert!(v.validate(&access, &a, op, NOW).is_ok());
+        let mut no_app = untyped.clone();
+        no_app.remove("application");
+        assert_eq!(check(&v, &signed(&key(1), &no_app)).map(drop), Err(TokenError::NotAnApiKey));
+        // API Manager 3.0/3.1 keys carry no `token_type`: an `application` and no `consumerKey`.
+        let old_key = signed(&key(1), &untyped);
+        assert!(check(&v, &old_key).is_ok());
+        assert_eq!(v.validate(&old_key, &a, op, NOW).map(drop), Err(TokenError::ApiKeyAsBearer));
+        // A JWT restricted by `permittedIP` or `permittedReferer` is never a bearer token: only
+        // the API-key path enforces those.
+        for (claim, value) in [("permittedIP", "192.0.2.0/24"), ("permittedReferer", "example.com")] {
+            let restricted = signed(
+                &key(2),
+                &with(with(wso2_key(IDP), "token_type", json!("Bearer")), claim, json!(value)),
+            );
+            assert_eq!(
+                v.validate(&restricted, &a, op, NOW).map(drop),
+                Err(TokenError::ApiKeyAsBearer),
+                "{claim}"
+            );
+        }
         assert_eq!(TokenError::ApiKeyAsBearer.fault_code(), 900_901);
         assert_eq!(TokenError::NotAnApiKey.http_status(), 401);
     }
@@ -288,12 +317,15 @@ mod tests {
         );
         for ok in ["192.0.2.7", "10.1.2.3", "2001:db8::1", "::ffff:192.0.2.200"] {
             let ip: IpAddr = ok.parse().expect("ip");
-            assert!(v.validate_api_key(&k, &a, ip, None, NOW).is_ok(), "{ok}");
+            assert!(v.validate_api_key(&k, &a, Some(ip), None, NOW).is_ok(), "{ok}");
         }
+        // A caller a trusted proxy did not name is unknown: no restriction is met.
+        assert_eq!(v.validate_api_key(&k, &a, None, None, NOW).map(drop), Err(TokenError::IpNotPermitted));
+        assert!(check(&v, &signed(&key(1), &wso2_key(APIM))).is_ok(), "an unrestricted key needs no address");
         for bad in ["10.1.2.4", "192.0.3.1", "2001:db9::1", "::1"] {
             let ip: IpAddr = bad.parse().expect("ip");
             assert_eq!(
-                v.validate_api_key(&k, &a, ip, None, NOW).map(drop),
+                v.validate_api_key(&k, &a, Some(ip), None, NOW).map(drop),
                 Err(TokenError::IpNotPermitted),
                 "{bad}"
             );
@@ -316,7 +348,7 @@ mod tests {
             &key(1),
             &with(wso2_key(APIM), "permittedReferer", json!("www.example.com/shop/*, *.partner.example/*")),
         );
-        let at = |r: Option<&str>| v.validate_api_key(&k, &a, LOCAL, r, NOW).map(drop);
+        let at = |r: Option<&str>| v.validate_api_key(&k, &a, Some(LOCAL), r, NOW).map(drop);
         assert_eq!(at(Some("https://www.example.com/shop/cart")), Ok(()));
         assert_eq!(at(Some("http://app.partner.example/x")), Ok(()));
         assert_eq!(at(Some("https://www.example.com/admin")), Err(TokenError::RefererNotPermitted));
@@ -325,10 +357,25 @@ mod tests {
             Err(TokenError::RefererNotPermitted)
         );
         assert_eq!(at(None), Err(TokenError::RefererNotPermitted));
+        // A wildcard never crosses from the path into the host, nor from the host into the path.
+        assert_eq!(at(Some("https://evil.test/x.partner.example/")), Err(TokenError::RefererNotPermitted));
+        assert_eq!(at(Some("https://evil.test/.partner.example/")), Err(TokenError::RefererNotPermitted));
+        assert_eq!(at(Some("https://app.partner.example.evil.test/")), Err(TokenError::RefererNotPermitted));
+        assert_eq!(
+            at(Some("https://www.example.com@evil.test/shop/x")),
+            Err(TokenError::RefererNotPermitted)
+        );
+        assert_eq!(at(Some("https://APP.Partner.Example/x")), Ok(()));
+        let ok = |p: &str, r: &str| claims::referer_permitted(&[p.into()], Some(r));
         assert!(claims::referer_permitted(&[], None));
-        assert!(claims::referer_permitted(&["a*b*c".into()], Some("aXXbYYc")));
-        assert!(!claims::referer_permitted(&["a*b*c".into()], Some("aXXbYYcd")));
-        assert!(claims::referer_permitted(&["*".into()], Some("")));
+        assert!(ok("a*b*c", "aXXbYYc"));
+        assert!(!ok("a*b*c", "aXXbYYcd"));
+        assert!(ok("example.com", "https://example.com/any/page?x=1"), "no path in the pattern: any path");
+        assert!(!ok("example.com", "https://example.com.evil.test/"));
+        assert!(!ok("https://example.com/*", "http://example.com/x"), "the scheme, when named, must match");
+        assert!(ok("example.com:8443/*", "https://example.com:8443/x"));
+        assert!(!ok("example.com:8443/*", "https://example.com:9443/x"));
+        assert!(!ok("*", ""), "a referer with no host meets nothing");
         // Linear in the input: a pattern of many stars against a long referer returns at once.
         let long = "a".repeat(8000);
         assert!(!claims::referer_permitted(&["*a*a*a*a*a*a*a*a*b".into()], Some(&long)));
@@ -343,7 +390,7 @@ mod tests {
             c
         };
         let k = signed(&key(1), &endless);
-        assert!(v.validate_api_key(&k, &api(), LOCAL, None, u64::MAX / 2).is_ok());
+        assert!(v.validate_api_key(&k, &api(), Some(LOCAL), None, u64::MAX / 2).is_ok());
         let a = api();
         assert_eq!(v.validate(&k, &a, &a.operations[0], NOW).map(drop), Err(TokenError::ApiKeyAsBearer));
         let mut no_jti = endless.clone();

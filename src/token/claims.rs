@@ -170,18 +170,22 @@ fn read_permitted_referers(map: &Map<String, Value>) -> Result<Vec<String>, Toke
 
 /// Whether `ip` is inside one of `permitted` (an IPv4-mapped IPv6 address counts as its IPv4
 /// form). An empty list permits every address.
-pub fn ip_permitted(permitted: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+pub fn ip_permitted(permitted: &[(IpAddr, u8)], ip: Option<IpAddr>) -> bool {
     let canonical = |ip: IpAddr| match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
+    if permitted.is_empty() {
+        return true;
+    }
+    // An unknown caller meets no restriction.
+    let Some(ip) = ip else { return false };
     let ip = canonical(ip);
-    permitted.is_empty()
-        || permitted.iter().any(|&(net, bits)| match (canonical(net), ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
-            _ => false,
-        })
+    permitted.iter().any(|&(net, bits)| match (canonical(net), ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+        (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+        _ => false,
+    })
 }
 
 fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
@@ -198,21 +202,60 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
     matches!((a.get(whole), b.get(whole)), (Some(x), Some(y)) if x & mask == y & mask)
 }
 
-/// Whether a `Referer` value meets one of `patterns`, WSO2's way: each pattern matches the whole
-/// referer, `*` standing for any run of characters; a pattern without a scheme is matched against
-/// the referer without its `http://` or `https://`. An empty list permits any (or no) referer; a
-/// non-empty one needs a referer.
+/// Whether a `Referer` value meets one of `patterns`. A pattern is `[scheme://]host[:port][/path]`
+/// with `*` for any run of characters, and it is matched part by part, never across parts: the
+/// host pattern against the referer's host only (case-insensitively), so `*.example.com/*`
+/// cannot be met by `https://evil.test/x.example.com/`; the path pattern, when the pattern has
+/// one, against the referer's path and query; the scheme and port, when the pattern names them,
+/// exactly. A pattern without a path permits any path on its host. An empty list permits any
+/// (or no) referer; a non-empty one needs a referer, and a referer with user information (which
+/// browsers never send) meets none.
 pub fn referer_permitted(patterns: &[String], referer: Option<&str>) -> bool {
     if patterns.is_empty() {
         return true;
     }
-    let Some(referer) = referer else { return false };
-    let bare =
-        referer.strip_prefix("https://").or_else(|| referer.strip_prefix("http://")).unwrap_or(referer);
+    let Some(referer) = referer.and_then(UrlParts::split) else { return false };
+    if referer.authority.contains('@') {
+        return false;
+    }
     patterns.iter().any(|p| {
-        let target = if p.contains("://") { referer } else { bare };
-        wildcard_match(p.as_bytes(), target.as_bytes())
+        let Some(p) = UrlParts::split(p) else { return false };
+        let scheme_ok = p.scheme.is_none_or(|s| referer.scheme.is_some_and(|r| r.eq_ignore_ascii_case(s)));
+        let (p_host, p_port) = host_port(p.authority);
+        let (r_host, r_port) = host_port(referer.authority);
+        let port_ok = p_port.is_none_or(|pp| pp == "*" || r_port == Some(pp));
+        let host_ok =
+            wildcard_match(p_host.to_ascii_lowercase().as_bytes(), r_host.to_ascii_lowercase().as_bytes());
+        let path_ok = p.rest.is_empty() || wildcard_match(p.rest.as_bytes(), referer.rest.as_bytes());
+        scheme_ok && port_ok && host_ok && path_ok
     })
+}
+
+/// A URL (or a pattern of one) cut into scheme, authority and the rest (path, query, fragment).
+struct UrlParts<'a> {
+    scheme: Option<&'a str>,
+    authority: &'a str,
+    rest: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    fn split(s: &'a str) -> Option<UrlParts<'a>> {
+        let (scheme, after) = match s.split_once("://") {
+            Some((scheme, after)) => (Some(scheme), after),
+            None => (None, s),
+        };
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (authority, rest) = after.split_at(end);
+        (!authority.is_empty()).then_some(UrlParts { scheme, authority, rest })
+    }
+}
+
+/// `host[:port]` (an IPv6 literal keeps its brackets).
+fn host_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    }
 }
 
 /// `*`-only glob over bytes, iterative (linear backtracking, no recursion on attacker input).
@@ -366,15 +409,25 @@ pub(super) fn read(map: &Map<String, Value>, issuer: &IssuerView<'_>) -> Result<
         None => return Err(TokenError::MissingClaim("sub")),
     };
     let jti = opt_str(map, "jti")?.map(str::to_owned);
+    // Which role the JWT plays. An issuer with one role decides it. An issuer of both (API
+    // Manager signs its access tokens and its API keys with the same key and `iss`) leaves it to
+    // the token, as API Manager does: `token_type: apiKey` (3.2 and later) is a key; without
+    // `token_type`, an `application` claim and no `consumerKey` (3.0/3.1 keys) is a key; anything
+    // else is an access token. A JWT is never both.
+    let token_type = opt_str(map, "token_type")?;
+    let key_shaped = match token_type {
+        Some(t) => t.eq_ignore_ascii_case("apiKey"),
+        None => map.contains_key("application") && !map.contains_key("consumerKey"),
+    };
+    let is_key = issuer.api_keys && (!issuer.tokens || key_shaped);
     // WSO2 API Manager 3.x writes no `exp` in an API key created with infinite validity. Such a
-    // key is accepted as an API key only, from an issuer of API keys, and only with a `jti`: it
-    // can then still be revoked (`[revoked] jti` of the project). Never as a bearer token.
+    // key is accepted as an API key only, and only with a `jti`: it can then still be revoked
+    // (`[revoked] jti` of the project). Never as a bearer token.
     let (expires_at, endless) = match numeric_date(map, "exp", false)? {
         Some(e) => (e, false),
-        None if issuer.api_keys && jti.is_some() => (u64::MAX, true),
+        None if is_key && jti.is_some() => (u64::MAX, true),
         None => return Err(TokenError::MissingClaim("exp")),
     };
-    let api_key_type = opt_str(map, "token_type")?.is_some_and(|t| t.eq_ignore_ascii_case("apiKey"));
     let not_before = numeric_date(map, "nbf", true)?;
     let issued_at = numeric_date(map, "iat", true)?;
     check_audience(map, issuer.audience)?;
@@ -385,6 +438,8 @@ pub(super) fn read(map: &Map<String, Value>, issuer: &IssuerView<'_>) -> Result<
     let scopes = opt_str(map, "scope")?
         .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
+    let permitted_ips = read_permitted_ips(map)?;
+    let permitted_referers = read_permitted_referers(map)?;
     Ok(VerifiedToken {
         issuer: issuer.name.to_owned(),
         kid: issuer.kid.to_owned(),
@@ -398,10 +453,16 @@ pub(super) fn read(map: &Map<String, Value>, issuer: &IssuerView<'_>) -> Result<
         subscribed_apis: read_subscriptions(map)?,
         scopes,
         validate_subscription: issuer.validate_subscription,
-        bearer_ok: issuer.tokens && !endless && !api_key_type,
-        api_key_ok: issuer.api_keys,
-        permitted_ips: read_permitted_ips(map)?,
-        permitted_referers: read_permitted_referers(map)?,
+        // A JWT restricted to some callers (`permittedIP`, `permittedReferer`) is a key whose
+        // restrictions only the API-key path enforces: never a bearer token.
+        bearer_ok: issuer.tokens
+            && !is_key
+            && !endless
+            && permitted_ips.is_empty()
+            && permitted_referers.is_empty(),
+        api_key_ok: is_key,
+        permitted_ips,
+        permitted_referers,
     })
 }
 
