@@ -287,9 +287,9 @@ fn build_errors_name_the_file_line_and_reason() {
     assert!(err.contains("pizzashack.yaml:9:") && err.contains("bad URL"), "{err}");
 
     let err = broken_build("kty", |p| {
-        replace(&p.join("keys/partner.jwks.json"), "\"OKP\"", "\"RSA\"");
+        replace(&p.join("keys/partner.jwks.json"), "\"OKP\"", "\"oct\"");
     });
-    assert!(err.contains("partner.jwks.json") && err.contains("unsupported key type \"RSA\""), "{err}");
+    assert!(err.contains("partner.jwks.json") && err.contains("unsupported key type \"oct\""), "{err}");
 
     // A scope the scheme does not declare builds, as in WSO2, with a warning naming it.
     let (d, out) = edited_build("scope", |p| {
