@@ -4,6 +4,10 @@
 //! Baseline measured in the same run, so results read as ratios: one raw `verify_strict` of the
 //! token's signing input with ed25519-dalek, the floor any uncached check pays.
 //!
+//! The `alg/` group (issue 10) times one signature check per algorithm through the same
+//! `jws::verify` the validator calls, with keys prepared once as a bundle load prepares them;
+//! `bench/token_algs.sh` runs it beside `openssl speed` and prints the ratios.
+//!
 //! `cargo bench --bench token`
 
 use std::hint::black_box;
@@ -123,6 +127,54 @@ fn benches(c: &mut Criterion) {
     g.bench_function("baseline: ed25519-dalek verify_strict of the signing input", |b| {
         b.iter(|| vk.verify_strict(black_box(input.as_bytes()), &signature).expect("valid"))
     });
+    g.finish();
+    algorithms(c);
+}
+
+/// One verification per algorithm: RSA 2048 and 4096 (PKCS#1 v1.5 and PSS), P-256, P-384, and
+/// Ed25519 (`verify_strict`), over a signing input the size of the WSO2-shaped token's.
+fn algorithms(c: &mut Criterion) {
+    use gatelet::bundle::model::{JwsAlg, PublicKey};
+    use gatelet::token::jws::{VerifyKey, verify};
+    use gatelet::token::mint::TokenKey;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+
+    let input = "x".repeat(900);
+    let rsa =
+        |bits| TokenKey::new(PKey::from_rsa(Rsa::generate(bits).expect("RSA")).expect("pkey")).expect("key");
+    let ec = |nid| {
+        let group = EcGroup::from_curve_name(nid).expect("curve");
+        TokenKey::new(PKey::from_ec_key(EcKey::generate(&group).expect("EC")).expect("pkey")).expect("key")
+    };
+    let ed = TokenKey::new(PKey::generate_ed25519().expect("Ed25519")).expect("key");
+    let ed_raw = {
+        let der = ed.public_der();
+        let raw: [u8; 32] = der[der.len() - 32..].try_into().expect("32 bytes");
+        raw
+    };
+    let (rsa2048, rsa4096, p256, p384) =
+        (rsa(2048), rsa(4096), ec(Nid::X9_62_PRIME256V1), ec(Nid::SECP384R1));
+    let cases = [
+        ("alg/RS256 rsa2048", &rsa2048, JwsAlg::Rs256, PublicKey::Rsa(rsa2048.public_der())),
+        ("alg/PS256 rsa2048", &rsa2048, JwsAlg::Ps256, PublicKey::Rsa(rsa2048.public_der())),
+        ("alg/RS256 rsa4096", &rsa4096, JwsAlg::Rs256, PublicKey::Rsa(rsa4096.public_der())),
+        ("alg/ES256 p256", &p256, JwsAlg::Es256, PublicKey::EcP256(p256.public_der())),
+        ("alg/ES384 p384", &p384, JwsAlg::Es384, PublicKey::EcP384(p384.public_der())),
+        ("alg/EdDSA ed25519", &ed, JwsAlg::EdDsa, PublicKey::Ed25519(ed_raw)),
+    ];
+    let mut g = c.benchmark_group("alg");
+    g.sample_size(30).measurement_time(std::time::Duration::from_secs(2));
+    for (name, key, alg, public) in cases {
+        let sig = key.sign(alg, input.as_bytes()).expect("signed");
+        let vk = VerifyKey::new(&public).expect("bundle key");
+        assert!(verify(&vk, alg, input.as_bytes(), &sig), "{name}");
+        g.bench_function(name.trim_start_matches("alg/"), |b| {
+            b.iter(|| assert!(verify(&vk, alg, black_box(input.as_bytes()), black_box(&sig))))
+        });
+    }
     g.finish();
 }
 
