@@ -724,6 +724,14 @@ impl PublicKey {
                 if bits > MAX_RSA_BITS {
                     return Err(format!("RSA key of {bits} bits; at most {MAX_RSA_BITS} are accepted"));
                 }
+                // e = 1 makes every padded digest its own signature (anyone could sign), an even e
+                // is not an RSA exponent, and a huge e makes each verification as slow as a
+                // private-key operation, at the choice of whoever sends a token.
+                let rsa = pkey.rsa().map_err(|_| "not an RSA key".to_owned())?;
+                let e = rsa.e();
+                if !e.is_bit_set(0) || e.num_bits() < 2 || e.num_bits() > 32 {
+                    return Err("RSA public exponent must be odd, at least 3 and below 2^32".into());
+                }
                 Ok(())
             }
             PublicKey::EcP256(_) | PublicKey::EcP384(_) => {
@@ -1001,6 +1009,24 @@ mod tests {
             "localhost:80",
         ] {
             assert!(EndpointUrl::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn rsa_public_exponents() {
+        use openssl::bn::BigNum;
+        use openssl::rsa::Rsa;
+        let n = Rsa::generate(2048).expect("key").n().to_owned().expect("n");
+        let der = |e: BigNum| {
+            let rsa = Rsa::from_public_components(n.to_owned().expect("n"), e).expect("rsa");
+            openssl::pkey::PKey::from_rsa(rsa).expect("pkey").public_key_to_der().expect("der")
+        };
+        let e = |v: u64| BigNum::from_slice(&v.to_be_bytes()).expect("e");
+        assert_eq!(PublicKey::Rsa(der(e(65537))).check(), Ok(()));
+        assert_eq!(PublicKey::Rsa(der(e(3))).check(), Ok(()));
+        for bad in [1, 4, 65536, (1 << 40) + 1] {
+            let err = PublicKey::Rsa(der(e(bad))).check().expect_err("refused");
+            assert!(err.contains("exponent"), "e = {bad}: {err}");
         }
     }
 
