@@ -211,7 +211,11 @@ fn roles_subscriptions_and_restrictions() {
     let local = api_key(|c| {
         c.insert("permittedIP".into(), json!("127.0.0.1"));
     });
-    ok(&send(gw, "GET", "/pets/1.0.0/pets", &[("X-API-Key", &local)], b""));
+    ok(&send(gw, "GET", "/pets/1.0.0/pets", &[("X-API-Key", &local), ("X-Forwarded-For", "127.0.0.1")], b""));
+    // A trusted proxy that does not say whom it forwards for: the caller is unknown, and no
+    // restriction is met (not even one naming the proxy's own address).
+    let r = send(gw, "GET", "/pets/1.0.0/pets", &[("X-API-Key", &local)], b"");
+    assert_eq!((r.status, r.fault_code()), (403, 900908));
 
     // permittedReferer.
     let web = api_key(|c| {
