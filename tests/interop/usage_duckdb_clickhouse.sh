@@ -73,12 +73,21 @@ print(f"usage interop: DuckDB {duckdb.__version__} read {n} request rows from {l
 PY
 
 # ---- 2. ClickHouse -----------------------------------------------------------------------------
+ch_candidate() { apt-cache policy clickhouse-server 2>/dev/null | grep -q 'Candidate: [0-9]'; }
 if ! command -v clickhouse-server >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null 2>&1 || true
-    if apt-cache policy clickhouse-server 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    # A mirror hiccup during `apt-get update` can leave the lists without the package: retry.
+    for attempt in 1 2 3; do
+      ch_candidate && break
+      apt-get update -qq >/dev/null 2>&1 || say "apt-get update failed (attempt $attempt)"
+      ch_candidate && break
+      sleep 5
+    done
+    if ch_candidate; then
       apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+    else
+      say "apt-cache policy clickhouse-server: $(apt-cache policy clickhouse-server 2>&1 | tr '\n' ' ')"
     fi
   fi
 fi
