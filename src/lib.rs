@@ -8,11 +8,16 @@
 //!                           smuggling shapes (CL+TE, odd codings, obs-fold, bad chunks) → 400
 //!         ─► hyper HTTP/1.1 on smol (server::io): head timeout, head size (431)
 //!         ─► Gateway::handle ─► Host rules (400); router: normalise path once (`;` → 400);
-//!                               longest context, template, method (404/405)
-//!                            ─► token: self-contained EdDSA JWT, cached, no network (401/403)
+//!                               longest context, template, method (404/405);
+//!                               an HTTPS-only API on the plain listener (403)
+//!                            ─► token: a bearer JWT (EdDSA, RS*, PS*, ES256/384) or a WSO2 API
+//!                               key (header or query; permittedIP/Referer), cached, no network
+//!                               (401/403)
 //!                            ─► throttle: fixed in-memory buckets, counted before forwarding (429)
-//!                            ─► server::forwarded: X-Forwarded-*/Forwarded/X-Real-IP set by gatelet
-//!                            ─► server::upstream: pooled HTTP/1.1 to the backend (502/504);
+//!                            ─► server::forwarded: X-Forwarded-*/Forwarded/X-Real-IP set by gatelet;
+//!                               API key removed; server::backend_jwt: forward, none or a signed JWT
+//!                            ─► server::upstream: pooled HTTP/1.1 to the backend (502/504), the
+//!                               endpoint's timeout, basic credentials, retries of unsent requests;
 //!                               a broken or stalled client body is the client's (400/408)
 //!                            ─► response streams back; when it ends, a usage record
 //!         ─► usage: bounded queue ─► gzip NDJSON spool on flash ─► upload or `usage export`
@@ -34,8 +39,9 @@
 //!
 //! # Modules
 //!
-//! - [`keys`] — Ed25519 key files (PKCS#8/SPKI PEM, JWKS), key ids and JWK thumbprints.
-//! - [`bundle`] — the signed bundle: manifest model, v1 file format, the one verification path,
+//! - [`keys`] — key files: Ed25519 (PKCS#8/SPKI PEM) for bundles; RSA/EC/Ed25519 SPKI PEM, X.509
+//!   certificates and JWKS for issuers; key ids and JWK thumbprints.
+//! - [`bundle`] — the signed bundle: manifest model, file format v2 (v1 still read), the one verification path,
 //!   the `inspect` JSON view. Byte-level spec: `bundle-format/SPEC.md`.
 //! - [`project`] — the toolkit's compiler: `gatelet.toml` + OpenAPI (`x-wso2-*`) + keys →
 //!   manifest, every reference resolved at build time.
@@ -44,8 +50,8 @@
 //! - [`config`] — the device's `gatelet.toml`: defaults, file, `GATELET_<SECTION>_<KEY>`,
 //!   command line, resolved in one place.
 //! - [`router`] — path normalisation and routing. Pure.
-//! - [`token`] — self-contained tokens: JWS/EdDSA parsing with hard limits, the WSO2 claim
-//!   profile, the verified-token cache, the clock floor, `token mint`. Pure: no sockets, no files.
+//! - [`token`] — self-contained tokens: JWS parsing with hard limits (EdDSA, RS*, PS*, ES256/384),
+//!   the WSO2 claim profile, WSO2 API keys, the verified-token cache, the clock floor, `token mint`. Pure: no sockets, no files.
 //! - [`throttle`] — the throttling decision: WSO2's API/resource/subscription/application levels,
 //!   exact fixed windows, fixed-size tables, IETF `RateLimit` headers. Pure: time is passed in.
 //! - [`server`] — the data plane: listeners, framing guard, pipeline, backend pool, admin
