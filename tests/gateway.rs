@@ -419,22 +419,7 @@ fn https_listener_with_a_certificate_made_by_the_test() {
     let f = Fixture::new("tls");
     let cert = f.dir.join("tls.crt");
     let key = f.dir.join("tls.key");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
-        .args(["-keyout", path_str(&key), "-out", path_str(&cert)])
-        .output()
-        .expect("openssl runs");
+    let ok = self_signed_cert(&cert, &key).expect("openssl runs");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     // An HTTPS backend with the same private CA, reached through server.backend_ca_file.
     let tls_backend = start_tls_backend(&cert, &key);

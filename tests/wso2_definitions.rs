@@ -248,21 +248,7 @@ fn the_corpus_routes_authorises_throttles_and_reaches_its_backends_through_gatel
     let f = Fixture::new("wso2-run");
     let cert = f.dir.join("tls.crt");
     let key_file = f.dir.join("tls.key");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
-        .args(["-keyout", path_str(&key_file), "-out", path_str(&cert)])
-        .output();
+    let made = self_signed_cert(&cert, &key_file);
     match made {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!("openssl req failed: {}", String::from_utf8_lossy(&o.stderr)),

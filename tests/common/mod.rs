@@ -362,3 +362,23 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8")
 }
+
+/// Makes a self-signed P-256 certificate for `localhost` with the openssl CLI, valid a day:
+/// `cert` and `key` (PEM). The output of `openssl req`, or the error of not running it.
+pub fn self_signed_cert(cert: &Path, key: &Path) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .args(["-keyout", path_str(key), "-out", path_str(cert)])
+        .output()
+}
