@@ -47,7 +47,8 @@ measure() {
   sout=$(taskset -c 1 wrk -t1 -c32 -d3s "$@" "$url")
   sreqs=$(awk '/requests in/ {print $1}' <<<"$sout")
   kill -INT "$st"; wait "$st" 2>/dev/null || true
-  local calls; calls=$(awk '$NF == "total" {print $(NF-1)}' "$work/$name.strace")
+  # The total line: % time, seconds, usecs/call, calls, [errors,] total.
+  local calls; calls=$(awk '$NF == "total" {print $4}' "$work/$name.strace")
   if [ -z "$calls" ] || [ "$calls" = 0 ]; then
     echo "strace counted no system calls of $name (pid $pid)"; cat "$work/$name.strace"; exit 1
   fi
@@ -87,13 +88,15 @@ run_gatelet() { # NAME BINARY
   local name=$1 bin=$2 gport aport
   gport=$(free_port); aport=$(free_port)
   rm -rf "$work/state" "$work/spool"
+  # Each build runs a bundle its own toolkit made: an older build may read an older format.
+  "$bin" bundle build "$work/project" --key "$work/pub.key" --out "$work/$name.glb" --serial 1 >/dev/null
   cat >"$work/$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$gport"
 admin_listen = "127.0.0.1:$aport"
 threads = 1
 [bundle]
-path = "$work/bundle.glb"
+path = "$work/$name.glb"
 trusted_keys = ["$work/pub.pub"]
 inbox = ""
 [state]
