@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use smol::Executor;
-use smol::net::TcpListener;
 use smol::stream::StreamExt;
 
 use crate::config::Config;
@@ -91,9 +89,7 @@ pub struct Bound {
 pub struct Running {
     pub gateway: Arc<Gateway>,
     pub bound: Bound,
-    executor: Arc<Executor<'static>>,
     trigger: server::ShutdownTrigger,
-    shutdown: Shutdown,
     workers: Vec<std::thread::JoinHandle<()>>,
     stop_workers: Option<smol::channel::Sender<()>>,
     reload_tx: std::sync::mpsc::Sender<ReloadMsg>,
@@ -114,11 +110,12 @@ enum ReloadMsg {
     Stop,
 }
 
-async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, StartError> {
+/// One listening socket per worker (see [`server::rt::bind`]); none when `addr` is empty.
+fn bind(addr: &str, count: usize, what: &str) -> Result<Vec<std::net::TcpListener>, StartError> {
     if addr.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    TcpListener::bind(addr).await.map(Some).map_err(|e| StartError(format!("{what} listener {addr}: {e}")))
+    server::rt::bind(addr, count).map_err(|e| StartError(format!("{what} listener {addr}: {e}")))
 }
 
 /// The usage spooler as the data plane's sink.
@@ -158,106 +155,75 @@ pub fn start(config: Config) -> Result<Running, StartError> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
     };
-    let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
     let prepared = server::prepare(&config, true)?;
     let tls = if config.server.listen_tls.is_empty() {
         None
     } else {
         Some(server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?)
     };
-    let (http, https, admin) = smol::block_on(async {
-        Ok::<_, StartError>((
-            bind(&config.server.listen, "http").await?,
-            bind(&config.server.listen_tls, "https").await?,
-            bind(&config.server.admin_listen, "admin").await?,
-        ))
-    })?;
+    let http = bind(&config.server.listen, threads, "http")?;
+    let https = bind(&config.server.listen_tls, threads, "https")?;
+    let admin = bind(&config.server.admin_listen, 1, "admin")?;
     let floor = prepared.floor.max(prepared.bundle.manifest().created_at);
     let spooler = start_usage(&config.usage, floor)?;
     let usage: Option<Box<dyn UsageSink>> = Some(Box::new(SpoolSink(spooler)));
-    let gateway = Arc::new(Gateway::new(config, prepared, Arc::clone(&executor), usage)?);
-    let bound = Bound {
-        http: http.as_ref().and_then(|l| l.local_addr().ok()),
-        https: https.as_ref().and_then(|l| l.local_addr().ok()),
-        admin: admin.as_ref().and_then(|l| l.local_addr().ok()),
-    };
+    let gateway = Arc::new(Gateway::new(config, prepared, usage)?);
+    let first = |l: &[std::net::TcpListener]| l.first().and_then(|l| l.local_addr().ok());
+    let bound = Bound { http: first(&http), https: first(&https), admin: first(&admin) };
     let (trigger, shutdown) = Shutdown::new();
-    let limit = Arc::new(smol::lock::Semaphore::new(gateway.config.server.max_connections as usize));
-    for (listener, role, tls) in
-        [(http, Role::Http, None), (https, Role::Https, tls), (admin, Role::Admin, None)]
-    {
-        if let Some(l) = listener {
-            // The admin listener has its own small limit so a flood of clients cannot lock out
-            // health checks.
-            let limit = if role == Role::Admin {
-                Arc::new(smol::lock::Semaphore::new(16))
-            } else {
-                Arc::clone(&limit)
-            };
-            executor
-                .spawn(server::serve(
-                    Arc::clone(&gateway),
-                    l,
-                    role,
-                    tls,
-                    Arc::clone(&executor),
-                    limit,
-                    shutdown.clone(),
-                ))
-                .detach();
-        }
-    }
-    // Worker threads run the executor until told to stop.
+    // Each worker serves its share of the connection limit: the kernel spreads connections
+    // evenly over the workers' sockets.
+    let per_worker = (gateway.config.server.max_connections as usize).div_ceil(threads);
+    let mut http = http.into_iter();
+    let mut https = https.into_iter();
+    let mut admin = admin.into_iter();
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let mut workers = Vec::new();
     for i in 0..threads {
-        let ex = Arc::clone(&executor);
+        let mut mine = Vec::new();
+        if let Some(l) = http.next() {
+            mine.push((l, Role::Http, None, per_worker));
+        }
+        if let Some(l) = https.next() {
+            mine.push((l, Role::Https, tls.clone(), per_worker));
+        }
+        // The admin listener (on the first worker) has its own small limit, so a flood of
+        // clients cannot lock out health checks.
+        if let Some(l) = admin.next() {
+            mine.push((l, Role::Admin, None, 16));
+        }
+        let gw = Arc::clone(&gateway);
+        let sd = shutdown.clone();
         let stop = stop_rx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("gatelet-{i}"))
-            .spawn(move || smol::block_on(ex.run(async { stop.recv().await.unwrap_or(()) })))
+            .spawn(move || {
+                let ran = server::rt::run(move || async move {
+                    for (l, role, tls, limit) in mine {
+                        match server::rt::Listener::new(l) {
+                            Ok(l) => server::rt::spawn(server::serve(
+                                Arc::clone(&gw),
+                                l,
+                                role,
+                                tls,
+                                server::rt::ConnLimit::new(limit),
+                                sd.clone(),
+                            ))
+                            .detach(),
+                            Err(e) => log::error!("worker {i}: listener not served: {e}"),
+                        }
+                    }
+                    let _ = stop.recv().await;
+                });
+                if let Err(e) = ran {
+                    log::error!("worker {i} stopped: {e}");
+                }
+            })
             .map_err(|e| StartError(format!("worker thread: {e}")))?;
         workers.push(handle);
     }
-    // Background duties on the executor: watchdog pings and clock persistence.
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        let sd = shutdown.clone();
-        executor
-            .spawn(async move {
-                while !sd.is_triggered() {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                    smol::Timer::after(period / 2).await;
-                }
-            })
-            .detach();
-    }
-    {
-        let gw = Arc::clone(&gateway);
-        let sd = shutdown.clone();
-        executor
-            .spawn(async move {
-                loop {
-                    let stop = smol::future::or(
-                        async {
-                            smol::Timer::after(CLOCK_PERSIST_EVERY).await;
-                            false
-                        },
-                        async {
-                            sd.wait().await;
-                            true
-                        },
-                    )
-                    .await;
-                    if stop {
-                        return;
-                    }
-                    let gw = Arc::clone(&gw);
-                    smol::unblock(move || gw.persist_clock()).await;
-                }
-            })
-            .detach();
-    }
-    // Reloads run on their own thread: file IO and signature checks stay off the executor.
+    // Reloads run on their own thread: file IO and signature checks stay off the workers. The
+    // same thread pings the watchdog and persists the clock floor.
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let reload_thread = {
         let gw = Arc::clone(&gateway);
@@ -275,7 +241,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let (floor, origin) =
         (gateway.metrics.clock_floor_seconds.load(Ordering::Relaxed), a.bundle.manifest().created_at);
     log::info!(
-        "ready: bundle serial {} ({} APIs), clock floor {floor} (bundle created {origin})",
+        "ready: bundle serial {} ({} APIs), clock floor {floor} (bundle created {origin}), {threads} worker(s)",
         a.bundle.serial(),
         a.bundle.manifest().apis.len()
     );
@@ -289,9 +255,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         gateway,
         bound,
-        executor,
         trigger,
-        shutdown,
         workers,
         stop_workers: Some(stop_tx),
         reload_tx,
@@ -302,8 +266,31 @@ pub fn start(config: Config) -> Result<Running, StartError> {
 
 fn reload_loop(gw: &Gateway, rx: &std::sync::mpsc::Receiver<ReloadMsg>) {
     let poll = Duration::from_millis(gw.config.bundle.inbox_poll_ms);
+    let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
+    let mut next_inbox = Instant::now() + poll;
+    let mut next_ping = Instant::now();
+    let mut next_persist = Instant::now() + CLOCK_PERSIST_EVERY;
     loop {
-        match rx.recv_timeout(poll) {
+        let now = Instant::now();
+        if let Some(every) = watchdog {
+            if now >= next_ping {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                next_ping = now + every;
+            }
+        }
+        if now >= next_persist {
+            gw.persist_clock();
+            next_persist = now + CLOCK_PERSIST_EVERY;
+        }
+        if now >= next_inbox {
+            process_inbox(gw);
+            next_inbox = Instant::now() + poll;
+        }
+        let mut due = next_inbox.min(next_persist);
+        if watchdog.is_some() {
+            due = due.min(next_ping);
+        }
+        match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
             Ok(ReloadMsg::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             Ok(ReloadMsg::Reload) => {
                 notify(&[sd_notify::NotifyState::Reloading]);
@@ -311,7 +298,7 @@ fn reload_loop(gw: &Gateway, rx: &std::sync::mpsc::Receiver<ReloadMsg>) {
                 process_inbox(gw);
                 notify(&[sd_notify::NotifyState::Ready]);
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => process_inbox(gw),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
 }
@@ -431,7 +418,6 @@ impl Running {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        let _ = (&self.executor, &self.shutdown);
     }
 
     /// Blocks until SIGTERM or SIGINT, serving SIGHUP reloads meanwhile.

@@ -75,7 +75,7 @@ pub struct Metered<B> {
     meter: Arc<Meter>,
     done: Option<Box<dyn FnOnce(u64) + Send>>,
     /// Longest wait for the next frame, and its timer (armed while waiting).
-    idle: Option<(Duration, Option<smol::Timer>)>,
+    idle: Option<(Duration, Option<super::rt::Sleep>)>,
 }
 
 impl<B> std::fmt::Debug for Metered<B> {
@@ -135,7 +135,7 @@ where
         this.meter.waiting_on_sender.store(polled.is_pending(), Ordering::Relaxed);
         if let Some((timeout, timer)) = &mut this.idle {
             if polled.is_pending() {
-                let t = timer.get_or_insert_with(|| smol::Timer::after(*timeout));
+                let t = timer.get_or_insert_with(|| super::rt::Sleep::after(*timeout));
                 if Pin::new(t).poll(cx).is_ready() {
                     this.meter.stalled.store(true, Ordering::Relaxed);
                     this.finish();

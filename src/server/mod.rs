@@ -17,6 +17,7 @@ pub mod forwarded;
 pub mod guard;
 pub mod io;
 pub mod metrics;
+pub mod rt;
 pub mod tls;
 pub mod upstream;
 
@@ -31,9 +32,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use smol::Executor;
-use smol::net::TcpListener;
-use smol_hyper::rt::SmolTimer;
 
 use crate::bundle::model::{Api, BasicAuth, Cors, Endpoints, Operation};
 use crate::bundle::{self, Bundle};
@@ -300,7 +298,6 @@ impl Gateway {
     pub fn new(
         config: Config,
         prepared: Prepared,
-        executor: Arc<Executor<'static>>,
         usage: Option<Box<dyn UsageSink>>,
     ) -> Result<Gateway, StartError> {
         let state = match prepared.state {
@@ -309,7 +306,6 @@ impl Gateway {
         };
         let active = Active::new(prepared.bundle, &config, prepared.floor)?;
         let upstreams = Arc::new(Upstreams::new(
-            executor,
             config.server.backend_pool_size as usize,
             Duration::from_millis(config.server.backend_connect_timeout_ms),
             Duration::from_millis(config.server.backend_timeout_ms),
@@ -958,6 +954,12 @@ impl Gateway {
                 "Pooled idle backend connections.",
                 self.upstreams.idle() as u64,
             ),
+            (
+                "gatelet_backend_connects_total".into(),
+                "counter",
+                "Backend connections opened (steady load within the pool opens none).",
+                self.upstreams.connects(),
+            ),
         ];
         for table in &t.tables {
             extra.push((
@@ -1185,18 +1187,18 @@ pub enum Role {
     Admin,
 }
 
-/// Accepts connections on `listener` until shutdown, serving each with hyper on `executor`.
+/// Accepts connections on `listener` (registered on the calling worker) until shutdown, and
+/// serves each with hyper as a task of the same worker.
 pub async fn serve(
     gw: Arc<Gateway>,
-    listener: TcpListener,
+    listener: rt::Listener,
     role: Role,
     tls: Option<TlsAcceptor>,
-    executor: Arc<Executor<'static>>,
-    limit: Arc<smol::lock::Semaphore>,
+    limit: Arc<rt::ConnLimit>,
     shutdown: Shutdown,
 ) {
     loop {
-        let permit = smol::future::or(async { Some(limit.acquire_arc().await) }, async {
+        let permit = smol::future::or(async { Some(limit.acquire().await) }, async {
             shutdown.wait().await;
             None
         })
@@ -1211,48 +1213,44 @@ pub async fn serve(
             None => return,
             Some(Ok(s)) => s,
             Some(Err(e)) => {
+                // Out of descriptors or memory: wait a little rather than spin on the error.
                 log::warn!("accept: {e}");
-                smol::Timer::after(Duration::from_millis(50)).await;
+                rt::Sleep::after(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("TCP_NODELAY: {e}");
-        }
         let gw = Arc::clone(&gw);
         let tls = tls.clone();
         let shutdown = shutdown.clone();
-        executor
-            .spawn(async move {
-                // Admin connections are not client traffic: they neither count nor delay a drain.
-                let counted = role != Role::Admin;
-                if counted {
-                    gw.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
-                    gw.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-                }
-                match tls {
-                    None => connection(Arc::clone(&gw), stream, peer, role, shutdown).await,
-                    Some(acceptor) => {
-                        let timeout = Duration::from_millis(gw.config.server.header_read_timeout_ms);
-                        let handshake =
-                            smol::future::or(async { Some(acceptor.accept(stream).await) }, async {
-                                smol::Timer::after(timeout).await;
-                                None
-                            })
-                            .await;
-                        match handshake {
-                            Some(Ok(s)) => connection(Arc::clone(&gw), s, peer, role, shutdown).await,
-                            Some(Err(e)) => log::debug!("TLS handshake with {peer}: {e}"),
-                            None => log::debug!("TLS handshake with {peer}: timeout"),
-                        }
+        rt::spawn(async move {
+            // Admin connections are not client traffic: they neither count nor delay a drain.
+            let counted = role != Role::Admin;
+            if counted {
+                gw.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+                gw.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+            }
+            match tls {
+                None => connection(Arc::clone(&gw), stream, peer, role, shutdown).await,
+                Some(acceptor) => {
+                    let timeout = Duration::from_millis(gw.config.server.header_read_timeout_ms);
+                    let handshake = smol::future::or(async { Some(acceptor.accept(stream).await) }, async {
+                        rt::Sleep::after(timeout).await;
+                        None
+                    })
+                    .await;
+                    match handshake {
+                        Some(Ok(s)) => connection(Arc::clone(&gw), s, peer, role, shutdown).await,
+                        Some(Err(e)) => log::debug!("TLS handshake with {peer}: {e}"),
+                        None => log::debug!("TLS handshake with {peer}: timeout"),
                     }
                 }
-                if counted {
-                    gw.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
-                }
-                drop(permit);
-            })
-            .detach();
+            }
+            if counted {
+                gw.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        })
+        .detach();
     }
 }
 
@@ -1268,9 +1266,8 @@ where
     let first = smol::future::or(
         async { Some(guard::read_first_head(&mut stream, &gw.head_budget, max_head).await) },
         async {
-            smol::future::or(smol::Timer::after(head_timeout), async {
+            smol::future::or(rt::Sleep::after(head_timeout), async {
                 shutdown.wait().await;
-                Instant::now()
             })
             .await;
             None
@@ -1296,7 +1293,7 @@ where
     let io = HyperIo::new(guarded);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(SmolTimer::new())
+        .timer(rt::HyperTimer)
         .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
         .max_buf_size((cfg.max_header_bytes as usize).max(8192))
         .max_header_size(cfg.max_header_bytes as usize)

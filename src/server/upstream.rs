@@ -7,15 +7,16 @@
 //! URL of its list: once a request has been sent, it may have had effects, and a gateway must not
 //! repeat it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::server::io::HyperIo;
+use crate::server::rt::{self, Sleep};
 use hyper::client::conn::http1::SendRequest;
-use smol::Executor;
-use smol::net::TcpStream;
 
 use crate::bundle::model::{EndpointKind, EndpointUrl, Endpoints};
 
@@ -94,10 +95,10 @@ async fn response_deadline(timeout: Duration, body: &Meter) {
     let mut seen = body.bytes.load(Ordering::Relaxed);
     loop {
         if let Some(done) = body.done_at.get() {
-            smol::Timer::at(*done + timeout).await;
+            Sleep::until(*done + timeout).await;
             return;
         }
-        smol::Timer::after(timeout).await;
+        Sleep::after(timeout).await;
         let now = body.bytes.load(Ordering::Relaxed);
         let waiting_on_client = body.waiting_on_sender.load(Ordering::Relaxed);
         if body.done_at.get().is_none() && now == seen && !waiting_on_client {
@@ -116,16 +117,85 @@ struct Conn {
 
 type PoolKey = (bool, String, u16);
 
-/// Connections to every backend, shared by all requests (and kept across bundle swaps).
+/// How long a pool remembers its busiest moment: idle connections are kept up to the most that
+/// were in use at once within the last one or two of these windows.
+const PEAK_WINDOW: Duration = Duration::from_secs(60);
+
+/// One worker's connections to one backend.
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Conn>,
+    /// Connections out with a request now.
+    in_use: usize,
+    /// Most in use at once in this window, and in the one before.
+    peak: usize,
+    peak_before: usize,
+    window_start: Option<Instant>,
+}
+
+impl Pool {
+    fn lease(&mut self) {
+        self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
+    }
+
+    /// Idle connections worth keeping: never fewer than `floor` (`backend_pool_size`), and as
+    /// many as the recent load had in use at once, so steady load never closes a connection it
+    /// will open again a moment later.
+    fn keep(&mut self, floor: usize, now: Instant) -> usize {
+        let start = *self.window_start.get_or_insert(now);
+        if now.duration_since(start) >= PEAK_WINDOW {
+            self.peak_before = self.peak;
+            self.peak = self.in_use;
+            self.window_start = Some(now);
+        }
+        floor.max(self.peak).max(self.peak_before)
+    }
+}
+
+thread_local! {
+    /// Each worker keeps its own connections: a request and its backend connection live on one
+    /// thread, and no lock is taken to lend or return one.
+    static POOLS: RefCell<HashMap<PoolKey, Pool>> = RefCell::new(HashMap::new());
+}
+
+fn with_pool<R>(key: &PoolKey, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
+    POOLS
+        .try_with(|p| {
+            let mut pools = p.borrow_mut();
+            if !pools.contains_key(key) {
+                pools.insert(key.clone(), Pool::default());
+            }
+            pools.get_mut(key).map(f)
+        })
+        .ok()
+        .flatten()
+}
+
+/// A connection lent to one request: when it is dropped (returned, failed or abandoned) the
+/// pool's count of connections in use goes down.
+struct Lease {
+    key: PoolKey,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = with_pool(&self.key, |p| p.in_use = p.in_use.saturating_sub(1));
+    }
+}
+
+/// Connections to every backend, per worker (and kept across bundle swaps).
 pub struct Upstreams {
-    pools: Mutex<HashMap<PoolKey, Vec<Conn>>>,
     pool_size: usize,
     connect_timeout: Duration,
     response_timeout: Duration,
     /// Round-robin position, shared by all load-balanced lists (fair enough, and one atomic).
     next: AtomicUsize,
-    executor: Arc<Executor<'static>>,
     tls: async_native_tls::TlsConnector,
+    /// Connections opened, over the gateway's life (`gatelet_backend_connects_total`).
+    connects: AtomicU64,
+    /// Idle connections in all workers' pools.
+    idle: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -136,7 +206,6 @@ impl std::fmt::Debug for Upstreams {
 
 impl Upstreams {
     pub fn new(
-        executor: Arc<Executor<'static>>,
         pool_size: usize,
         connect_timeout: Duration,
         response_timeout: Duration,
@@ -148,74 +217,103 @@ impl Upstreams {
             tls = tls.add_root_certificate(root);
         }
         Upstreams {
-            pools: Mutex::new(HashMap::new()),
             pool_size,
             connect_timeout,
             response_timeout,
             next: AtomicUsize::new(0),
-            executor,
             tls,
+            connects: AtomicU64::new(0),
+            idle: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Idle pooled connections (for metrics).
+    /// Backend connections opened so far.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Idle pooled connections, all workers together.
     pub fn idle(&self) -> usize {
-        self.pools.lock().map(|p| p.values().map(Vec::len).sum()).unwrap_or(0)
+        self.idle.load(Ordering::Relaxed)
     }
 
-    fn take_idle(&self, key: &PoolKey) -> Option<Conn> {
-        let mut pools = self.pools.lock().ok()?;
-        let list = pools.get_mut(key)?;
-        while let Some(c) = list.pop() {
-            if c.sender.is_ready() {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    fn put_idle(self: &Arc<Self>, key: PoolKey, mut conn: Conn) {
-        // Wait until the response has been read to the end, then offer the connection back.
-        let this = Arc::clone(self);
-        self.executor
-            .spawn(async move {
-                if conn.sender.ready().await.is_ok() {
-                    if let Ok(mut pools) = this.pools.lock() {
-                        let list = pools.entry(key).or_default();
-                        if list.len() < this.pool_size {
-                            list.push(conn);
-                        }
-                    }
+    fn take_idle(&self, key: &PoolKey) -> Option<(Conn, Lease)> {
+        with_pool(key, |p| {
+            while let Some(c) = p.idle.pop() {
+                self.idle.fetch_sub(1, Ordering::Relaxed);
+                if c.sender.is_ready() {
+                    p.lease();
+                    return Some(c);
                 }
-            })
-            .detach();
+            }
+            None
+        })
+        .flatten()
+        .map(|c| (c, Lease { key: key.clone() }))
     }
 
-    async fn connect(&self, url: &EndpointUrl) -> Result<Conn, String> {
-        let addr = (url.host.as_str(), url.port);
+    fn put_idle(&self, key: PoolKey, mut conn: Conn, lease: Lease) {
+        // Wait until the response has been read to the end, then offer the connection back.
+        let floor = self.pool_size;
+        let idle = Arc::clone(&self.idle);
+        rt::spawn(async move {
+            if conn.sender.ready().await.is_ok() {
+                drop(lease);
+                let _ = with_pool(&key, |p| {
+                    if p.idle.len() < p.keep(floor, Instant::now()) {
+                        p.idle.push(conn);
+                        idle.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        })
+        .detach();
+    }
+
+    async fn connect(&self, url: &EndpointUrl) -> Result<(Conn, Lease), String> {
         let connect = async {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-            Ok::<_, String>(tcp)
+            let addrs: Vec<SocketAddr> = match url.host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, url.port)],
+                Err(_) => {
+                    // A name: resolved off the worker (the system resolver blocks).
+                    let target = (url.host.clone(), url.port);
+                    smol::unblock(move || target.to_socket_addrs().map(Iterator::collect))
+                        .await
+                        .map_err(|e| format!("resolving {}: {e}", url.host))?
+                }
+            };
+            let mut last = format!("{}: no address", url.host);
+            for addr in addrs {
+                match rt::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(last)
         };
         let tcp = smol::future::or(connect, async {
-            smol::Timer::after(self.connect_timeout).await;
+            Sleep::after(self.connect_timeout).await;
             Err(format!("connect timeout after {} ms", self.connect_timeout.as_millis()))
         })
         .await?;
-        if url.tls {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        let key: PoolKey = (url.tls, url.host.clone(), url.port);
+        let _ = with_pool(&key, Pool::lease);
+        let lease = Lease { key };
+        let conn = if url.tls {
             let tls = smol::future::or(
                 async { self.tls.connect(url.host.as_str(), tcp).await.map_err(|e| format!("TLS: {e}")) },
                 async {
-                    smol::Timer::after(self.connect_timeout).await;
+                    Sleep::after(self.connect_timeout).await;
                     Err("TLS handshake timeout".to_owned())
                 },
             )
             .await?;
-            self.handshake(tls).await
+            self.handshake(tls).await?
         } else {
-            self.handshake(tcp).await
-        }
+            self.handshake(tcp).await?
+        };
+        Ok((conn, lease))
     }
 
     async fn handshake<S>(&self, stream: S) -> Result<Conn, String>
@@ -227,19 +325,18 @@ impl Upstreams {
         let (abort, aborted) = smol::channel::bounded::<()>(1);
         // The task holds a sender too, so only an explicit `close` (not a drop) ends it early.
         let keep_open = abort.clone();
-        self.executor
-            .spawn(async move {
-                let _keep_open = keep_open;
-                let ended = smol::future::or(async { conn.await.map_err(|e| e.to_string()) }, async {
-                    let _ = aborted.recv().await;
-                    Err("abandoned: the backend did not answer in time".to_owned())
-                })
-                .await;
-                if let Err(e) = ended {
-                    log::debug!("backend connection closed: {e}");
-                }
+        rt::spawn(async move {
+            let _keep_open = keep_open;
+            let ended = smol::future::or(async { conn.await.map_err(|e| e.to_string()) }, async {
+                let _ = aborted.recv().await;
+                Err("abandoned: the backend did not answer in time".to_owned())
             })
-            .detach();
+            .await;
+            if let Err(e) = ended {
+                log::debug!("backend connection closed: {e}");
+            }
+        })
+        .detach();
         Ok(Conn { sender, abort })
     }
 
@@ -263,7 +360,7 @@ impl Upstreams {
     /// failed connect (see [`Upstreams::order`]); a request that left is never sent again. The
     /// list's `timeout_ms`, when set, replaces the device's response timeout.
     pub async fn send(
-        self: &Arc<Self>,
+        &self,
         endpoints: &Endpoints,
         resource: &str,
         query: &str,
@@ -286,7 +383,7 @@ impl Upstreams {
             let key: PoolKey = (url.tls, url.host.clone(), url.port);
             for fresh in [false, true] {
                 let pooled = if fresh { None } else { self.take_idle(&key) };
-                let mut conn = match pooled {
+                let (mut conn, lease) = match pooled {
                     Some(s) => s,
                     None => match self.connect(&url).await {
                         Ok(s) => s,
@@ -319,7 +416,7 @@ impl Upstreams {
                         return Err(UpstreamError::Timeout);
                     }
                     Some(Ok(resp)) => {
-                        self.put_idle(key, conn);
+                        self.put_idle(key, conn, lease);
                         return Ok(resp);
                     }
                     Some(Err(mut e)) => match e.take_message() {

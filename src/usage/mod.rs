@@ -48,7 +48,7 @@ pub use spool::{Recovery, recover};
 pub use writer::{BATCH_MAX_BYTES, RETRY_AFTER_IO_ERROR};
 
 use metrics::add;
-use writer::{Msg, Writer};
+use writer::{Msg, Writer, WriterWake};
 
 /// The wall clock used for file names and `usage_dropped` records. The data plane passes its
 /// floor-corrected clock; [`Spooler::start`] uses the system clock.
@@ -101,6 +101,7 @@ impl fmt::Display for Dropped {
 pub struct UsageRecorder {
     tx: SyncSender<Msg>,
     metrics: Arc<UsageMetrics>,
+    wake: Arc<WriterWake>,
 }
 
 impl fmt::Debug for UsageRecorder {
@@ -112,16 +113,19 @@ impl fmt::Debug for UsageRecorder {
 impl UsageRecorder {
     /// Queues one event for the writer; when the queue is full the event is dropped and counted.
     pub fn try_record(&self, event: UsageEvent) -> Result<(), Dropped> {
+        self.wake.sending();
         match self.tx.try_send(Msg::Event(Box::new(event))) {
             Ok(()) => {
                 add(&self.metrics.events_queued, 1);
                 Ok(())
             }
             Err(TrySendError::Full(_)) => {
+                self.wake.not_sent();
                 add(&self.metrics.events_dropped_queue_full, 1);
                 Err(Dropped::QueueFull)
             }
             Err(TrySendError::Disconnected(_)) => {
+                self.wake.not_sent();
                 add(&self.metrics.events_dropped_queue_full, 1);
                 Err(Dropped::ShutDown)
             }
@@ -131,12 +135,14 @@ impl UsageRecorder {
     /// Queues one event, waiting for room when the queue is full. For tools, benchmarks and
     /// tests that want every event; never on the request path, which must not wait.
     pub fn record_waiting(&self, event: UsageEvent) -> Result<(), Dropped> {
+        self.wake.sending();
         match self.tx.send(Msg::Event(Box::new(event))) {
             Ok(()) => {
                 add(&self.metrics.events_queued, 1);
                 Ok(())
             }
             Err(_) => {
+                self.wake.not_sent();
                 add(&self.metrics.events_dropped_queue_full, 1);
                 Err(Dropped::ShutDown)
             }
@@ -178,6 +184,7 @@ impl Spooler {
         let device_id: Arc<str> = Arc::from(config.resolved_device_id());
         let metrics = Arc::new(UsageMetrics::default());
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let wake = Arc::new(WriterWake::new(config.queue_capacity));
 
         let uploader = if config.upload_url.is_empty() {
             None
@@ -199,10 +206,10 @@ impl Spooler {
             Arc::clone(&metrics),
             uploader.as_ref().map(|(_, _, w)| w.clone()),
         );
-        let writer = match std::thread::Builder::new()
-            .name("gatelet-usage-writer".into())
-            .spawn(move || writer.run(rx))
-        {
+        let writer = match std::thread::Builder::new().name("gatelet-usage-writer".into()).spawn({
+            let wake = Arc::clone(&wake);
+            move || writer.run(rx, &wake)
+        }) {
             Ok(h) => h,
             Err(e) => {
                 if let Some((h, stop, _)) = uploader {
@@ -213,7 +220,7 @@ impl Spooler {
             }
         };
         Ok(Spooler {
-            recorder: UsageRecorder { tx, metrics: Arc::clone(&metrics) },
+            recorder: UsageRecorder { tx, metrics: Arc::clone(&metrics), wake },
             metrics,
             device_id,
             threads: Mutex::new(Some(Threads { writer, uploader: uploader.map(|(h, s, _)| (h, s)) })),
@@ -253,6 +260,7 @@ impl Spooler {
         let (done, wait) = mpsc::sync_channel(1);
         // A blocking send: it waits for queue space, which the writer frees continuously.
         if self.recorder.tx.send(Msg::Flush { close, done }).is_ok() {
+            self.recorder.wake.unpark();
             let _ = wait.recv();
         }
     }
@@ -270,6 +278,7 @@ impl Spooler {
         }
         let (done, wait) = mpsc::sync_channel(1);
         if self.recorder.tx.send(Msg::Shutdown { done }).is_ok() {
+            self.recorder.wake.unpark();
             let _ = wait.recv();
         }
         let _ = threads.writer.join();

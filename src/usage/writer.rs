@@ -6,8 +6,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use flate2::Compression;
@@ -33,6 +36,56 @@ const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 /// flash per 1,000 requests against 68 KB at level 1, for a writer that still sustains ~100k
 /// events/s on the development machine (level 1 compresses ~7x faster). Flash wear wins.
 pub const COMPRESSION: u32 = 6;
+
+/// While events arrive, the writer looks at the queue this often; each look that finds nothing
+/// doubles the wait, up to [`POLL_IDLE`]. Senders never wake it per event (a wake costs the
+/// request path a system call): only control messages and a queue filling past
+/// [`WriterWake`]'s threshold do.
+const POLL_ACTIVE: Duration = Duration::from_millis(20);
+const POLL_IDLE: Duration = Duration::from_secs(1);
+
+/// How senders reach a writer that sleeps between looks at the queue.
+#[derive(Debug)]
+pub(crate) struct WriterWake {
+    thread: OnceLock<Thread>,
+    /// Events sent and not yet taken.
+    pending: AtomicUsize,
+    /// A sender that brings `pending` to this wakes the writer (an eighth of the queue, so a
+    /// burst after a quiet spell is taken long before the queue is full).
+    threshold: usize,
+}
+
+impl WriterWake {
+    pub(crate) fn new(queue_capacity: usize) -> WriterWake {
+        WriterWake {
+            thread: OnceLock::new(),
+            pending: AtomicUsize::new(0),
+            threshold: (queue_capacity / 8).max(1),
+        }
+    }
+
+    pub(crate) fn unpark(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Before an event is sent.
+    pub(crate) fn sending(&self) {
+        if self.pending.fetch_add(1, Ordering::Relaxed) + 1 == self.threshold {
+            self.unpark();
+        }
+    }
+
+    /// The send failed: the event never reached the queue.
+    pub(crate) fn not_sent(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn taken(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What the queue carries to the writer.
 #[derive(Debug)]
@@ -152,32 +205,49 @@ impl Writer {
     }
 
     /// The thread's body: start-up recovery, then events until shutdown.
-    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+    pub(crate) fn run(mut self, rx: Receiver<Msg>, wake: &WriterWake) {
+        let _ = wake.thread.set(std::thread::current());
         self.start_up(Instant::now());
+        let mut quiet_looks = 0u32;
         loop {
-            let now = Instant::now();
-            let wait = self.next_deadline(now).saturating_duration_since(now);
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Event(e)) => self.on_event(&e),
-                Ok(Msg::Flush { close, done }) => {
-                    self.flush(Instant::now());
-                    if close {
-                        self.close_or_fail(Instant::now());
+            let mut taken = 0usize;
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Event(e)) => {
+                        wake.taken();
+                        taken += 1;
+                        self.on_event(&e);
                     }
-                    let _ = done.send(());
+                    Ok(Msg::Flush { close, done }) => {
+                        self.flush(Instant::now());
+                        if close {
+                            self.close_or_fail(Instant::now());
+                        }
+                        let _ = done.send(());
+                    }
+                    Ok(Msg::Shutdown { done }) => {
+                        self.shut_down();
+                        let _ = done.send(());
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.shut_down();
+                        return;
+                    }
                 }
-                Ok(Msg::Shutdown { done }) => {
-                    self.shut_down();
-                    let _ = done.send(());
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.shut_down();
-                    return;
+                if taken % 512 == 511 {
+                    self.maintain(Instant::now());
                 }
             }
-            self.maintain(Instant::now());
+            let now = Instant::now();
+            self.maintain(now);
+            quiet_looks = if taken == 0 { quiet_looks.saturating_add(1).min(16) } else { 0 };
+            let poll = POLL_ACTIVE.saturating_mul(1 << quiet_looks.min(6)).min(POLL_IDLE);
+            let wait = self.next_deadline(now).saturating_duration_since(now).min(poll);
+            if !wait.is_zero() {
+                std::thread::park_timeout(wait);
+            }
         }
     }
 
