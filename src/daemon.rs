@@ -171,9 +171,9 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     let first = |l: &[std::net::TcpListener]| l.first().and_then(|l| l.local_addr().ok());
     let bound = Bound { http: first(&http), https: first(&https), admin: first(&admin) };
     let (trigger, shutdown) = Shutdown::new();
-    // Each worker serves its share of the connection limit: the kernel spreads connections
-    // evenly over the workers' sockets.
-    let per_worker = (gateway.config.server.max_connections as usize).div_ceil(threads);
+    // One limit for all workers' client connections; the admin listener has its own small one,
+    // so a flood of clients cannot lock out health checks.
+    let clients = server::rt::ConnLimit::new(gateway.config.server.max_connections as usize);
     let mut http = http.into_iter();
     let mut https = https.into_iter();
     let mut admin = admin.into_iter();
@@ -182,15 +182,13 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     for i in 0..threads {
         let mut mine = Vec::new();
         if let Some(l) = http.next() {
-            mine.push((l, Role::Http, None, per_worker));
+            mine.push((l, Role::Http, None, Arc::clone(&clients)));
         }
         if let Some(l) = https.next() {
-            mine.push((l, Role::Https, tls.clone(), per_worker));
+            mine.push((l, Role::Https, tls.clone(), Arc::clone(&clients)));
         }
-        // The admin listener (on the first worker) has its own small limit, so a flood of
-        // clients cannot lock out health checks.
         if let Some(l) = admin.next() {
-            mine.push((l, Role::Admin, None, 16));
+            mine.push((l, Role::Admin, None, server::rt::ConnLimit::new(16)));
         }
         let gw = Arc::clone(&gateway);
         let sd = shutdown.clone();
@@ -206,7 +204,7 @@ pub fn start(config: Config) -> Result<Running, StartError> {
                                 l,
                                 role,
                                 tls,
-                                server::rt::ConnLimit::new(limit),
+                                limit,
                                 sd.clone(),
                             ))
                             .detach(),

@@ -1198,22 +1198,30 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     loop {
-        let permit = smol::future::or(async { Some(limit.acquire().await) }, async {
-            shutdown.wait().await;
-            None
-        })
+        // Room first, then a connection: a worker never holds a place while it waits for a
+        // client, so the places go to the workers whose clients are waiting.
+        let ready = smol::future::or(
+            async {
+                limit.room().await;
+                listener.readable().await;
+                true
+            },
+            async {
+                shutdown.wait().await;
+                false
+            },
+        )
         .await;
-        let Some(permit) = permit else { return };
-        let accepted = smol::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
-        let (stream, peer) = match accepted {
-            None => return,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
+        if !ready {
+            return;
+        }
+        let Some(permit) = limit.try_acquire() else { continue };
+        let (stream, peer) = match listener.try_accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
                 // Out of descriptors or memory: wait a little rather than spin on the error.
+                drop(permit);
                 log::warn!("accept: {e}");
                 rt::Sleep::after(Duration::from_millis(50)).await;
                 continue;

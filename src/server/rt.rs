@@ -575,10 +575,15 @@ impl Listener {
         self.io.local_addr()
     }
 
-    /// The next connection, non-blocking with `TCP_NODELAY` set, registered on this worker.
-    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+    /// Resolves when a connection may be waiting.
+    pub async fn readable(&self) {
+        std::future::poll_fn(|cx| self.reg.poll_readable(cx)).await;
+    }
+
+    /// Takes a waiting connection, non-blocking with `TCP_NODELAY` set and registered on this
+    /// worker; `None` when none is waiting (then [`Listener::readable`] waits for the next).
+    pub fn try_accept(&self) -> io::Result<Option<(Stream, SocketAddr)>> {
         loop {
-            std::future::poll_fn(|cx| self.reg.poll_readable(cx)).await;
             match rustix::net::acceptfrom_with(&self.io, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok((fd, addr)) => {
                     // Nagle with delayed ACKs costs 40 ms a request.
@@ -587,11 +592,24 @@ impl Listener {
                         Some(Ok(a)) => a,
                         _ => TcpStream::from(fd.try_clone()?).peer_addr()?,
                     };
-                    return Ok((Stream::new(fd, true)?, peer));
+                    return Ok(Some((Stream::new(fd, true)?, peer)));
                 }
-                Err(rustix::io::Errno::AGAIN) => self.reg.not_readable(),
+                Err(rustix::io::Errno::AGAIN) => {
+                    self.reg.not_readable();
+                    return Ok(None);
+                }
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => {}
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The next connection (see [`Listener::try_accept`]).
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        loop {
+            self.readable().await;
+            if let Some(c) = self.try_accept()? {
+                return Ok(c);
             }
         }
     }
@@ -811,31 +829,49 @@ impl hyper::rt::Timer for HyperTimer {
     }
 }
 
-/// How many connections one worker serves at once; accepting waits while it is at the limit.
+/// How many connections the workers serve at once, together. A worker accepts only while there
+/// is room, so a client beyond the limit waits in the kernel's queue and is not read.
 #[derive(Debug)]
 pub struct ConnLimit {
     max: usize,
     open: AtomicUsize,
-    waiter: Mutex<Option<Waker>>,
+    /// Accept loops waiting for room (one per worker at most).
+    waiters: Mutex<Vec<Waker>>,
 }
 
 impl ConnLimit {
     pub fn new(max: usize) -> Arc<ConnLimit> {
-        Arc::new(ConnLimit { max: max.max(1), open: AtomicUsize::new(0), waiter: Mutex::new(None) })
+        Arc::new(ConnLimit { max: max.max(1), open: AtomicUsize::new(0), waiters: Mutex::new(Vec::new()) })
     }
 
-    /// Waits for room, then holds one place until the permit is dropped.
-    pub async fn acquire(self: &Arc<Self>) -> ConnPermit {
+    /// Resolves when there is room (it may be gone again by the time a connection is taken).
+    pub async fn room(&self) {
         std::future::poll_fn(|cx| {
             if self.open.load(Ordering::SeqCst) < self.max {
                 return Poll::Ready(());
             }
-            set_waker(&self.waiter, cx.waker());
+            {
+                let mut w = lock(&self.waiters);
+                if !w.iter().any(|w| w.will_wake(cx.waker())) {
+                    w.push(cx.waker().clone());
+                }
+            }
             if self.open.load(Ordering::SeqCst) < self.max { Poll::Ready(()) } else { Poll::Pending }
         })
         .await;
-        self.open.fetch_add(1, Ordering::SeqCst);
-        ConnPermit(Arc::clone(self))
+    }
+
+    /// Takes a place if there is one.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnPermit> {
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| ConnPermit(Arc::clone(self)))
+    }
+
+    /// Connections holding a place now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 }
 
@@ -846,7 +882,8 @@ pub struct ConnPermit(Arc<ConnLimit>);
 impl Drop for ConnPermit {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
-        if let Some(w) = lock(&self.0.waiter).take() {
+        let waiting = std::mem::take(&mut *lock(&self.0.waiters));
+        for w in waiting {
             w.wake();
         }
     }
@@ -994,10 +1031,12 @@ mod tests {
     fn the_connection_limit_waits_for_a_place() {
         on_worker(async {
             let limit = ConnLimit::new(1);
-            let held = limit.acquire().await;
+            let held = limit.try_acquire().expect("room");
+            assert!(limit.try_acquire().is_none());
             let l2 = Arc::clone(&limit);
             let waiting = spawn(async move {
-                let _p = l2.acquire().await;
+                l2.room().await;
+                l2.try_acquire().expect("room after release")
             });
             // The waiting task has run and found no room.
             for _ in 0..3 {
@@ -1005,7 +1044,10 @@ mod tests {
             }
             assert!(!waiting.is_finished());
             drop(held);
-            waiting.await;
+            let p = waiting.await;
+            assert_eq!(limit.open(), 1);
+            drop(p);
+            assert_eq!(limit.open(), 0);
         });
     }
 
