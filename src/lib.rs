@@ -61,6 +61,8 @@
 //! - [`demo`] — `gatelet demo`: the embedded default with an echo backend.
 //! - [`usage`] — usage records: bounded queue, gzip NDJSON spool on flash (one fsynced member per
 //!   flush, crash recovery, hard cap), uploader with backoff, `usage export`.
+//! - [`url`] — the one URL type, parsed once where a URL enters (bundle, configuration,
+//!   project).
 //! - [`toolkit`] — the workstation commands (`keygen`, `bundle`, `token`), as `main.rs` calls them.
 
 pub mod bundle;
@@ -75,4 +77,5 @@ pub mod state;
 pub mod throttle;
 pub mod token;
 pub mod toolkit;
+pub mod url;
 pub mod usage;
