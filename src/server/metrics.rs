@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn statuses_past_the_slots_are_counted_by_class() {
         let c = StatusCounts::default();
-        for s in 0..STATUS_SLOTS as u16 {
+        for s in 0..u16::try_from(STATUS_SLOTS).expect("a few slots") {
             c.add(200 + s);
         }
         c.add(200);

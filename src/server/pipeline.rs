@@ -116,6 +116,8 @@ pub struct Forward<'a> {
 }
 
 /// What to do with a request.
+// One verdict lives on the stack per request; boxing the large variant would allocate per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Verdict<'a> {
     Forward(Forward<'a>),
