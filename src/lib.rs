@@ -26,9 +26,9 @@
 //! Every refusal, including those made before the pipeline (guard, hyper's parser), leaves one
 //! usage record and a `gatelet_requests_total` count.
 //!
-//! Where does a request get throttled? In [`server::Gateway::handle`], after authentication and
+//! Where does a request get throttled? In [`server::pipeline::decide`], after authentication and
 //! before forwarding, by [`throttle::Throttle::check`]. Where does a refusal become a status and
-//! a fault body? In one place, `Gateway::fault` (src/server/mod.rs), except the framing guard's
+//! a fault body? In one place, `Gateway::fault` (src/server/faults.rs), except the framing guard's
 //! own 400 and hyper's 400/431, which are answered before the pipeline sees the request.
 //!
 //! Everything a device runs comes from one verified [`bundle::Bundle`]: it exists only after
