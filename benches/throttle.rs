@@ -47,7 +47,7 @@ fn manifest(quota: u64) -> Manifest {
             auth_header: None,
             production: Some(Endpoints {
                 kind: EndpointKind::Single,
-                urls: vec!["http://127.0.0.1:1".into()],
+                urls: vec![gatelet::url::HttpUrl::parse("http://127.0.0.1:1").expect("valid")],
                 timeout_ms: None,
                 retries: 0,
                 basic_auth: None,

@@ -26,9 +26,9 @@
 //! Every refusal, including those made before the pipeline (guard, hyper's parser), leaves one
 //! usage record and a `gatelet_requests_total` count.
 //!
-//! Where does a request get throttled? In [`server::Gateway::handle`], after authentication and
+//! Where does a request get throttled? In [`server::pipeline::decide`], after authentication and
 //! before forwarding, by [`throttle::Throttle::check`]. Where does a refusal become a status and
-//! a fault body? In one place, `Gateway::fault` (src/server/mod.rs), except the framing guard's
+//! a fault body? In one place, `Gateway::fault` (src/server/faults.rs), except the framing guard's
 //! own 400 and hyper's 400/431, which are answered before the pipeline sees the request.
 //!
 //! Everything a device runs comes from one verified [`bundle::Bundle`]: it exists only after
@@ -61,6 +61,8 @@
 //! - [`demo`] — `gatelet demo`: the embedded default with an echo backend.
 //! - [`usage`] — usage records: bounded queue, gzip NDJSON spool on flash (one fsynced member per
 //!   flush, crash recovery, hard cap), uploader with backoff, `usage export`.
+//! - [`url`] — the one URL type, parsed once where a URL enters (bundle, configuration,
+//!   project).
 //! - [`toolkit`] — the workstation commands (`keygen`, `bundle`, `token`), as `main.rs` calls them.
 
 pub mod bundle;
@@ -75,4 +77,5 @@ pub mod state;
 pub mod throttle;
 pub mod token;
 pub mod toolkit;
+pub mod url;
 pub mod usage;

@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::bundle::model::{
-    self, Api, ApiKeyLocation, Cors, EndpointKind, EndpointUrl, Endpoints, Issuer, IssuerKey, Manifest,
-    Method, Operation, Policy, PolicyLevel, ScopeRule, UNLIMITED,
+    self, Api, ApiKeyLocation, Cors, EndpointKind, Endpoints, HttpUrl, Issuer, IssuerKey, Manifest, Method,
+    Operation, Policy, PolicyLevel, ScopeRule, UNLIMITED,
 };
 use crate::keys;
 
@@ -763,7 +763,6 @@ fn compile_api(
     // As in WSO2, credentials given for the API's endpoints also apply to an operation's own
     // endpoints of the same kind that give none, but only when those are the same backends
     // (scheme, host and port): a password is never handed to a server it was not written for.
-    let origin = |url: &String| EndpointUrl::parse(url).ok().map(|u| (u.tls, u.host, u.port));
     for op in &mut operations {
         let (method, path) = (op.method, op.path.clone());
         for (own, api_level) in [(&mut op.production, &production), (&mut op.sandbox, &sandbox)] {
@@ -771,8 +770,8 @@ fn compile_api(
             if own.basic_auth.is_some() || api_level.basic_auth.is_none() {
                 continue;
             }
-            let known: Vec<_> = api_level.urls.iter().map(origin).collect();
-            if own.urls.iter().all(|u| origin(u).is_some_and(|o| known.contains(&Some(o)))) {
+            let known: Vec<_> = api_level.urls.iter().map(HttpUrl::origin).collect();
+            if own.urls.iter().all(|u| known.contains(&u.origin())) {
                 own.basic_auth.clone_from(&api_level.basic_auth);
             } else {
                 warnings.push(format!(
@@ -929,20 +928,21 @@ fn endpoints_field(
             ));
         }
     }
-    let urls: Vec<String> = match o.get("urls") {
+    let texts: Vec<&str> = match o.get("urls") {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|u| u.as_str().map(str::to_owned))
+            .map(Value::as_str)
             .collect::<Option<_>>()
             .ok_or_else(|| doc.fail(&at, format!("{key}.urls: every URL must be a string")))?,
         _ => return Err(doc.fail(&at, format!("{key}: urls must be a list"))),
     };
-    if urls.is_empty() {
+    if texts.is_empty() {
         return Err(doc.fail(&at, format!("{key}: urls is empty")));
     }
-    for u in &urls {
-        EndpointUrl::parse(u).map_err(|e| doc.fail_value(&at, u, format!("{key}: bad URL {e}")))?;
-    }
+    let urls = texts
+        .into_iter()
+        .map(|u| HttpUrl::parse(u).map_err(|e| doc.fail_value(&at, u, format!("{key}: bad URL {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let kind = match o.get("type").map(|t| t.as_str()) {
         None if urls.len() == 1 => EndpointKind::Single,
         None => EndpointKind::LoadBalance,
@@ -1140,10 +1140,10 @@ fn context_fallback(
     let path = if url.starts_with('/') {
         url.clone()
     } else {
-        // scheme://authority/path?query: the path, or "/" when there is none.
-        let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-        let path_and_more = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
-        path_and_more.split(['?', '#']).next().unwrap_or("").to_owned()
+        // scheme://authority/path?query: the path as written (a '/' in the query is not one).
+        let parsed = HttpUrl::parse(&url)
+            .map_err(|e| doc.fail(&["servers"], format!("servers[0].url is not usable: {e}")))?;
+        parsed.target().split('?').next().unwrap_or("").to_owned()
     };
     if path.is_empty() || path == "/" {
         return Err(missing(&format!("servers[0].url ({url}) has no path")));
@@ -1174,7 +1174,7 @@ fn server_fallback(
         }
         url
     };
-    EndpointUrl::parse(&url).map_err(|e| {
+    let url = HttpUrl::parse(&url).map_err(|e| {
         doc.fail(
             &[if swagger2 { "host" } else { "servers" }],
             format!("no x-wso2-production-endpoints and the server URL is not usable: {e}"),
@@ -1612,7 +1612,7 @@ components:
         let api = &c.manifest.apis[0];
         assert_eq!(api.context, "/api/v3");
         assert_eq!(
-            api.production.as_ref().map(|e| e.urls.clone()),
+            api.production.as_ref().map(|e| e.urls.iter().map(|u| u.as_str().to_owned()).collect::<Vec<_>>()),
             Some(vec!["http://backend.local:8080/api/v3".to_owned()])
         );
         // A relative server URL is the context; the backend comes from the extension.

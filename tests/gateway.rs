@@ -168,6 +168,12 @@ fn tokens_scopes_subscriptions_routes_and_forwarding() {
     assert!(metrics.contains("gatelet_requests_total{api=\"Shop\",status=\"200\"}"), "{metrics}");
     assert!(metrics.contains("gatelet_auth_failures_total{reason=\"expired\"} 1"), "{metrics}");
     assert!(metrics.contains("gatelet_bundle_serial 10"), "{metrics}");
+    // The exposition as a scraper reads it: each family one block, announced once (the
+    // throttling tables' families used to interleave).
+    assert!(metrics.contains("gatelet_throttle_table_entries{"), "{metrics}");
+    if let Err(e) = gatelet::server::metrics::check_exposition(&metrics) {
+        panic!("/metrics is not a valid exposition: {e}\n{metrics}");
+    }
     running.shutdown();
 }
 

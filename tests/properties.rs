@@ -46,7 +46,7 @@ fn api(name: &str, context: &str, tier: Option<&str>, operations: Vec<Operation>
         auth_header: None,
         production: Some(Endpoints {
             kind: EndpointKind::Single,
-            urls: vec!["http://127.0.0.1:9/".into()],
+            urls: vec![gatelet::url::HttpUrl::parse("http://127.0.0.1:9/").expect("valid")],
             timeout_ms: None,
             retries: 0,
             basic_auth: None,

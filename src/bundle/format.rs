@@ -333,7 +333,7 @@ mod tests {
                 auth_header: None,
                 production: Some(Endpoints {
                     kind: EndpointKind::Single,
-                    urls: vec!["http://127.0.0.1:1".into()],
+                    urls: vec![HttpUrl::parse("http://127.0.0.1:1").expect("valid")],
                     timeout_ms: None,
                     retries: 0,
                     basic_auth: None,

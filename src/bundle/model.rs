@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::url::HttpUrl;
+
 /// Most APIs in one bundle.
 pub const MAX_APIS: usize = 4096;
 /// Most operations in one API.
@@ -374,7 +376,8 @@ impl EndpointKind {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
     pub kind: EndpointKind,
-    pub urls: Vec<String>,
+    /// Parsed as the bundle decodes (serialised as written).
+    pub urls: Vec<HttpUrl>,
     /// Backend response deadline for this list (`advanceEndpointConfig.timeoutInMillis`);
     /// `None`: the device's `upstream.response_timeout_ms`.
     pub timeout_ms: Option<u32>,
@@ -414,86 +417,6 @@ pub struct Cors {
     pub allow_credentials: bool,
     /// `Access-Control-Expose-Headers` on actual (not preflight) responses.
     pub expose_headers: Vec<String>,
-}
-
-/// A backend URL, parsed: `http` or `https`, a host, an optional port, a path prefix, and an
-/// optional query that every forwarded request carries before the caller's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash (empty for the root).
-    pub path: String,
-    /// The endpoint's query, without `?` (empty when none).
-    pub query: String,
-}
-
-impl EndpointUrl {
-    /// Parses an absolute `http://` or `https://` URL without user info or fragment.
-    pub fn parse(url: &str) -> Result<EndpointUrl, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err(format!("{url:?}: not an http:// or https:// URL"));
-        };
-        if url.bytes().any(|b| b <= b' ' || b == 0x7f || b >= 0x80) {
-            return Err(format!("{url:?}: contains spaces or control or non-ASCII characters"));
-        }
-        if rest.contains('#') {
-            return Err(format!("{url:?}: a fragment is never sent to a server"));
-        }
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.contains('@') {
-            return Err(format!("{url:?}: credentials in URLs are not allowed"));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let end = v6.find(']').ok_or_else(|| format!("{url:?}: unclosed IPv6 literal"))?;
-            let host = &v6[..end];
-            host.parse::<std::net::Ipv6Addr>().map_err(|_| format!("{url:?}: bad IPv6 literal"))?;
-            let after = &v6[end + 1..];
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p),
-                None if after.is_empty() => None,
-                None => return Err(format!("{url:?}: junk after IPv6 literal")),
-            };
-            (host.to_owned(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (authority.to_owned(), None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{url:?}: no host"));
-        }
-        if !host.contains(':')
-            && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        {
-            return Err(format!("{url:?}: bad host name"));
-        }
-        let port = match port {
-            Some(p) => match p.parse::<u16>() {
-                Ok(0) | Err(_) => return Err(format!("{url:?}: bad port {p:?}")),
-                Ok(n) => n,
-            },
-            None if tls => 443,
-            None => 80,
-        };
-        Ok(EndpointUrl {
-            tls,
-            host: host.to_ascii_lowercase(),
-            port,
-            path: path.trim_end_matches('/').to_owned(),
-            query: query.to_owned(),
-        })
-    }
 }
 
 /// A manifest rule the content breaks. The fault is the bundle's author (or its builder).
@@ -661,10 +584,7 @@ fn check_endpoints(what: &str, ep: &Endpoints) -> Result<(), Invalid> {
         invalid!("{what}: a single endpoint has exactly one URL");
     }
     for url in &ep.urls {
-        check_str(what, url)?;
-        if let Err(e) = EndpointUrl::parse(url) {
-            invalid!("{what}: {e}");
-        }
+        check_str(what, url.as_str())?;
     }
     if ep.retries > MAX_RETRIES {
         invalid!("{what}: more than {MAX_RETRIES} retries");
@@ -981,36 +901,6 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoint_urls() {
-        let u = EndpointUrl::parse("http://127.0.0.1:8080/api/v1/").expect("valid");
-        assert_eq!((u.tls, u.host.as_str(), u.port, u.path.as_str()), (false, "127.0.0.1", 8080, "/api/v1"));
-        let u = EndpointUrl::parse("https://[::1]/x").expect("valid");
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "::1", 443));
-        let u = EndpointUrl::parse("http://Backend.local").expect("valid");
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("backend.local", 80, ""));
-        let u = EndpointUrl::parse("http://a:81/api/?key=k&v=2").expect("a query is allowed");
-        assert_eq!((u.path.as_str(), u.query.as_str()), ("/api", "key=k&v=2"));
-        let u = EndpointUrl::parse("http://a?x=1").expect("valid");
-        assert_eq!((u.host.as_str(), u.path.as_str(), u.query.as_str()), ("a", "", "x=1"));
-        for bad in [
-            "ftp://x",
-            "http://",
-            "http://:80",
-            "http://a:0",
-            "http://a:99999",
-            "http://u:p@a/",
-            "http://a/#frag",
-            "http://a/?q#frag",
-            "http://a b/",
-            "http://[::1",
-            "http://a/é",
-            "localhost:80",
-        ] {
-            assert!(EndpointUrl::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[test]
     fn rsa_public_exponents() {

@@ -64,7 +64,7 @@ struct OperationV1 {
 #[derive(Deserialize)]
 struct EndpointsV1 {
     kind: model::EndpointKind,
-    urls: Vec<String>,
+    urls: Vec<model::HttpUrl>,
 }
 
 #[derive(Deserialize)]

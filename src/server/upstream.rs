@@ -18,7 +18,7 @@ use crate::server::io::HyperIo;
 use crate::server::rt::{self, Sleep};
 use hyper::client::conn::http1::SendRequest;
 
-use crate::bundle::model::{EndpointKind, EndpointUrl, Endpoints};
+use crate::bundle::model::{EndpointKind, Endpoints, HttpUrl};
 
 use super::ProxyBody;
 use super::body::Meter;
@@ -270,7 +270,7 @@ impl Upstreams {
         .detach();
     }
 
-    async fn connect(&self, url: &EndpointUrl) -> Result<(Conn, Lease), String> {
+    async fn connect(&self, url: &HttpUrl) -> Result<(Conn, Lease), String> {
         let connect = async {
             let addrs: Vec<SocketAddr> = match url.host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, url.port)],
@@ -343,7 +343,7 @@ impl Upstreams {
     /// Picks the URL order for one request: failover tries the list in order; load balancing
     /// starts at the next position in the rotation. Each URL comes once, then `retries` more
     /// attempts continue round the list (a single URL is tried again).
-    fn order<'e>(&self, endpoints: &'e Endpoints) -> impl Iterator<Item = &'e String> {
+    fn order<'e>(&self, endpoints: &'e Endpoints) -> impl Iterator<Item = &'e HttpUrl> {
         let n = endpoints.urls.len();
         let start = match endpoints.kind {
             EndpointKind::LoadBalance => self.next.fetch_add(1, Ordering::Relaxed) % n.max(1),
@@ -371,21 +371,15 @@ impl Upstreams {
         let mut unsent = Some(request);
         let timeout =
             endpoints.timeout_ms.map_or(self.response_timeout, |t| Duration::from_millis(u64::from(t)));
-        for raw in self.order(endpoints) {
-            let url = match EndpointUrl::parse(raw) {
-                Ok(u) => u,
-                Err(e) => {
-                    // The bundle's check makes this unreachable; keep going rather than panic.
-                    last_err = e;
-                    continue;
-                }
-            };
+        for url in self.order(endpoints) {
+            // Parsed when the bundle was decoded; printed as written.
+            let raw = url;
             let key: PoolKey = (url.tls, url.host.clone(), url.port);
             for fresh in [false, true] {
                 let pooled = if fresh { None } else { self.take_idle(&key) };
                 let (mut conn, lease) = match pooled {
                     Some(s) => s,
-                    None => match self.connect(&url).await {
+                    None => match self.connect(url).await {
                         Ok(s) => s,
                         Err(e) => {
                             if let Some(suppressed) = BACKEND_WARNINGS.admit() {
@@ -399,7 +393,7 @@ impl Upstreams {
                 let Some(mut req) = unsent.take() else {
                     return Err(UpstreamError::Failed("request already sent".into()));
                 };
-                if let Err(e) = retarget(&mut req, &url, resource, query) {
+                if let Err(e) = retarget(&mut req, url, resource, query) {
                     return Err(UpstreamError::Failed(e));
                 }
                 let response =
@@ -456,21 +450,14 @@ fn combined_query(endpoint: &str, caller: &str) -> String {
 
 fn retarget(
     req: &mut hyper::Request<ProxyBody>,
-    url: &EndpointUrl,
+    url: &HttpUrl,
     resource: &str,
     query: &str,
 ) -> Result<(), String> {
     let resource = if resource == "/" && !url.path.is_empty() { "" } else { resource };
     let path = format!("{}{resource}{}", url.path, combined_query(&url.query, query));
     *req.uri_mut() = path.parse().map_err(|e| format!("bad backend URI {path:?}: {e}"))?;
-    let default_port = if url.tls { 443 } else { 80 };
-    let host = match (url.host.contains(':'), url.port == default_port) {
-        (true, true) => format!("[{}]", url.host),
-        (true, false) => format!("[{}]:{}", url.host, url.port),
-        (false, true) => url.host.clone(),
-        (false, false) => format!("{}:{}", url.host, url.port),
-    };
-    let value = hyper::header::HeaderValue::from_str(&host).map_err(|e| e.to_string())?;
+    let value = hyper::header::HeaderValue::from_str(&url.host_header()).map_err(|e| e.to_string())?;
     req.headers_mut().insert(hyper::header::HOST, value);
     Ok(())
 }

@@ -25,6 +25,12 @@ pub trait TimeSource: Send + Sync {
     fn monotonic_s(&self) -> u64 {
         0
     }
+
+    /// Milliseconds since the Unix epoch, for throttling windows and usage records. The default
+    /// is [`TimeSource::unix_now`] in whole seconds, which suits hand-set clocks.
+    fn unix_now_ms(&self) -> u64 {
+        self.unix_now().saturating_mul(1000)
+    }
 }
 
 /// The operating system's clock.
@@ -37,30 +43,43 @@ impl TimeSource for SystemTime {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
+    fn unix_now_ms(&self) -> u64 {
+        let ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
     fn monotonic_s(&self) -> u64 {
         static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         ORIGIN.get_or_init(std::time::Instant::now).elapsed().as_secs()
     }
 }
 
-/// A clock set by hand, for tests and the demo.
+/// A clock set by hand, for tests and the demo. Held in milliseconds; set in seconds or
+/// milliseconds.
 #[derive(Debug, Default)]
 pub struct ManualTime(AtomicU64);
 
 impl ManualTime {
     pub fn new(t: u64) -> Self {
-        ManualTime(AtomicU64::new(t))
+        ManualTime(AtomicU64::new(t.saturating_mul(1000)))
     }
     pub fn set(&self, t: u64) {
-        self.0.store(t, Ordering::Relaxed);
+        self.0.store(t.saturating_mul(1000), Ordering::Relaxed);
+    }
+    pub fn set_ms(&self, t_ms: u64) {
+        self.0.store(t_ms, Ordering::Relaxed);
     }
     pub fn advance(&self, seconds: u64) {
-        self.0.fetch_add(seconds, Ordering::Relaxed);
+        self.0.fetch_add(seconds.saturating_mul(1000), Ordering::Relaxed);
     }
 }
 
 impl TimeSource for ManualTime {
     fn unix_now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) / 1000
+    }
+    fn unix_now_ms(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -72,6 +91,9 @@ impl<T: TimeSource + ?Sized> TimeSource for Arc<T> {
     fn monotonic_s(&self) -> u64 {
         (**self).monotonic_s()
     }
+    fn unix_now_ms(&self) -> u64 {
+        (**self).unix_now_ms()
+    }
 }
 
 impl<T: TimeSource + ?Sized> TimeSource for Box<T> {
@@ -80,6 +102,9 @@ impl<T: TimeSource + ?Sized> TimeSource for Box<T> {
     }
     fn monotonic_s(&self) -> u64 {
         (**self).monotonic_s()
+    }
+    fn unix_now_ms(&self) -> u64 {
+        (**self).unix_now_ms()
     }
 }
 
@@ -112,6 +137,8 @@ pub struct Reading {
     pub now: u64,
     /// What the wall clock said.
     pub wall: u64,
+    /// What the wall clock said, in milliseconds (`wall` is this in whole seconds).
+    pub wall_ms: u64,
     pub floor: u64,
     pub origin: FloorOrigin,
 }
@@ -120,6 +147,12 @@ impl Reading {
     /// True when the wall clock was behind the floor and the floor was used instead.
     pub fn floored(&self) -> bool {
         self.wall < self.floor
+    }
+
+    /// `now` in milliseconds: the wall clock's milliseconds when it agrees with the floored
+    /// second, else the start of that second.
+    pub fn now_ms(&self) -> u64 {
+        if self.wall_ms / 1000 == self.now { self.wall_ms } else { self.now.saturating_mul(1000) }
     }
 }
 
@@ -159,9 +192,11 @@ impl<S: TimeSource> Clock<S> {
     }
 
     pub fn now(&self) -> Reading {
-        let wall = self.source.unix_now();
+        // One read of the wall clock: seconds and milliseconds of a reading always agree.
+        let wall_ms = self.source.unix_now_ms();
+        let wall = wall_ms / 1000;
         let floor = self.current_floor();
-        Reading { now: wall.max(floor), wall, floor, origin: self.origin }
+        Reading { now: wall.max(floor), wall, wall_ms, floor, origin: self.origin }
     }
 
     /// The floor in force (the floor at construction plus the monotonic time since) and where
@@ -194,6 +229,9 @@ mod tests {
         fn monotonic_s(&self) -> u64 {
             self.mono.load(Ordering::Relaxed)
         }
+        fn unix_now_ms(&self) -> u64 {
+            self.wall.load(Ordering::Relaxed) * 1000 + 250
+        }
     }
 
     #[test]
@@ -212,6 +250,26 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn wrapped_sources_keep_every_reading() {
+        // A clock behind `Arc<dyn _>` or `Box<dyn _>` (how the gateway and the toolkit hold
+        // theirs) must read what the source reads: a wrapper that fell back to a default method
+        // would freeze the floor (monotonic) or lose the milliseconds.
+        let board = || Board { wall: AtomicU64::new(1_800_000_000), mono: AtomicU64::new(7) };
+        let arc: Arc<dyn TimeSource> = Arc::new(board());
+        let boxed: Box<dyn TimeSource> = Box::new(board());
+        for s in [&arc as &dyn TimeSource, &boxed as &dyn TimeSource] {
+            assert_eq!(s.unix_now(), 1_800_000_000);
+            assert_eq!(s.monotonic_s(), 7);
+            assert_eq!(s.unix_now_ms(), 1_800_000_000_000 + 250);
+        }
+        let ms = ManualTime::new(5);
+        ms.set_ms(5_432);
+        let c = Clock::new(Arc::new(ms) as Arc<dyn TimeSource>, 0, 0);
+        let r = c.now();
+        assert_eq!((r.now, r.wall, r.wall_ms, r.now_ms()), (5, 5, 5_432, 5_432));
+    }
 
     #[test]
     fn floor_from_the_newest_evidence() {
@@ -236,6 +294,7 @@ mod tests {
             Reading {
                 now: 1_700_000_000,
                 wall: 12,
+                wall_ms: 12_000,
                 floor: 1_700_000_000,
                 origin: FloorOrigin::BundleCreated
             }

@@ -453,7 +453,7 @@ mod tests {
             auth_header: None,
             production: Some(Endpoints {
                 kind: EndpointKind::Single,
-                urls: vec!["http://127.0.0.1:8081".into()],
+                urls: vec![crate::url::HttpUrl::parse("http://127.0.0.1:8081").expect("valid")],
                 timeout_ms: None,
                 retries: 0,
                 basic_auth: None,
