@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# What one proxied request costs: CPU time and system calls per request, for nginx as a plain
-# keep-alive proxy and for gatelet with its whole pipeline (cached EdDSA token, subscription
-# check, two throttle levels, usage record), in one run on this machine, as ratios to nginx.
+# What one proxied request costs: requests/s, CPU time, system calls and backend connects per
+# request, for nginx as a plain keep-alive proxy, HAProxy verifying an ES256 JWT with a stick
+# table, and gatelet with its whole pipeline (cached EdDSA token, subscription check, two
+# throttle levels, usage record), in one run on this machine, as ratios to nginx.
 #
 #   bench/cost.sh [seconds per load, default 8]
 #   GATELET_BASELINE=/path/to/other/gatelet bench/cost.sh   # also measure another gatelet build
 #
 # Each proxy runs with one worker pinned to CPU 0; the backend and wrk (1 thread, 32 connections)
 # share CPU 1. CPU per request is the proxy's utime+stime over a load (from /proc) divided by the
-# requests wrk counted. Syscalls per request come from a second, shorter load under
-# `strace -c -f` (strace slows the proxy, so only the count per request is read from it).
+# requests wrk counted. Syscalls and backend connects per request come from a second, shorter
+# load under `strace -c -f` (strace slows the proxy, so only counts per request are read from
+# it). Last, gatelet with `threads = 2` on both CPUs (sharing them with wrk and the backend), to
+# show how a second worker changes throughput and CPU per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -17,7 +20,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-need_apt wrk:wrk nginx:nginx-light strace:strace
+need_apt wrk:wrk nginx:nginx-light strace:strace haproxy:haproxy
 
 step "build and bundle"
 build_release
@@ -52,12 +55,16 @@ measure() {
   if [ -z "$calls" ] || [ "$calls" = 0 ]; then
     echo "strace counted no system calls of $name (pid $pid)"; cat "$work/$name.strace"; exit 1
   fi
-  python3 - "$name" "$before" "$after" "$reqs" "$tick" "$calls" "$sreqs" "$rps" >>"$work/results" <<'PY'
+  # Connections opened to the backend in steady load (the `connect` row; none is no row).
+  local connects; connects=$(awk '$NF == "connect" {print $4}' "$work/$name.strace")
+  python3 - "$name" "$before" "$after" "$reqs" "$tick" "$calls" "$sreqs" "$rps" "${connects:-0}" >>"$work/results" <<'PY'
 import sys
-name, b, a, reqs, tick, calls, sreqs, rps = sys.argv[1:]
+name, b, a, reqs, tick, calls, sreqs, rps, connects = sys.argv[1:]
 us = (int(a) - int(b)) / int(tick) * 1e6 / int(reqs)
-print(f"{name} {us:.1f} {int(calls) / int(sreqs):.1f} {float(rps):.0f}")
+print(f"{name} {us:.1f} {int(calls) / int(sreqs):.1f} {float(rps):.0f} {int(connects) * 1000 / int(sreqs):.1f}")
 PY
+  echo "top system calls of $name (calls per request):"
+  awk -v n="$sreqs" 'NR > 2 && $NF != "total" && $1 !~ /^-/ {printf "  %-16s %6.2f\n", $NF, $4 / n}' "$work/$name.strace" | sort -k2 -rn | head -8
   tail -1 "$work/results"
 }
 
@@ -84,8 +91,53 @@ for _ in $(seq 50); do npid=$(pgrep -P "$nmaster" || true); [ -n "$npid" ] && br
 measure nginx "$npid" "http://127.0.0.1:$nport/bench/1/hello"
 kill "$nmaster"; wait "$nmaster" 2>/dev/null || true
 
-run_gatelet() { # NAME BINARY
-  local name=$1 bin=$2 gport aport
+step "HAProxy, ES256 jwt_verify and a stick table per token"
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/es.key" 2>/dev/null
+openssl ec -in "$work/es.key" -pubout -out "$work/es.pub" 2>/dev/null
+es_token=$(python3 - "$work/es.key" <<'PY'
+import base64, json, subprocess, sys, time
+def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+h = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+p = b64(json.dumps({"iss": "https://bench/", "sub": "bench", "exp": int(time.time()) + 3600}).encode())
+der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", sys.argv[1]], input=f"{h}.{p}".encode(), capture_output=True, check=True).stdout
+# DER ECDSA signature (30 len 02 rlen r 02 slen s) → raw r||s, the JWS form.
+i = 2 if der[1] < 0x80 else 3
+rl = der[i + 1]; r = der[i + 2:i + 2 + rl]; i += 2 + rl
+sl = der[i + 1]; s = der[i + 2:i + 2 + sl]
+r = r.lstrip(b"\0").rjust(32, b"\0"); s = s.lstrip(b"\0").rjust(32, b"\0")
+print(f"{h}.{p}.{b64(r + s)}")
+PY
+)
+hport=$(free_port)
+cat >"$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$hport
+  stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str ES256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("ES256","$work/es.pub") -m int 1 }
+  http-request track-sc0 var(txn.bearer),jwt_payload_query('\$.sub')
+  http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000000 }
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:$bport
+CFG
+taskset -c 0 haproxy -f "$work/haproxy.cfg" &
+hpid=$!
+for _ in $(seq 50); do curl -sf -H "Authorization: Bearer $es_token" "http://127.0.0.1:$hport/hello" >/dev/null && break; sleep 0.1; done
+measure haproxy-jwt "$hpid" "http://127.0.0.1:$hport/hello" -H "Authorization: Bearer $es_token"
+kill "$hpid"; wait "$hpid" 2>/dev/null || true
+
+run_gatelet() { # NAME BINARY [THREADS CPUS]
+  local name=$1 bin=$2 threads=${3:-1} cpus=${4:-0} gport aport
   gport=$(free_port); aport=$(free_port)
   rm -rf "$work/state" "$work/spool"
   # Each build runs a bundle its own toolkit made: an older build may read an older format.
@@ -94,7 +146,7 @@ run_gatelet() { # NAME BINARY
 [server]
 listen = "127.0.0.1:$gport"
 admin_listen = "127.0.0.1:$aport"
-threads = 1
+threads = $threads
 [bundle]
 path = "$work/$name.glb"
 trusted_keys = ["$work/pub.pub"]
@@ -106,7 +158,7 @@ spool_dir = "$work/spool"
 [log]
 level = "warn"
 TOML
-  taskset -c 0 "$bin" run --config "$work/$name.toml" &
+  taskset -c "$cpus" "$bin" run --config "$work/$name.toml" &
   local pid=$!
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$aport/readyz" >/dev/null && break; sleep 0.1; done
   measure "$name" "$pid" "http://127.0.0.1:$gport/bench/1/hello" -H "Authorization: Bearer $token"
@@ -119,13 +171,26 @@ if [ -n "${GATELET_BASELINE:-}" ]; then
 fi
 step "gatelet (this build)"
 run_gatelet gatelet "$gatelet"
+step "gatelet (this build), threads = 2 on both CPUs"
+run_gatelet gatelet-2-threads "$gatelet" 2 0,1
 
 step "results"
 python3 - "$work/results" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
-base = {r[0]: r for r in rows}["nginx"]
-print(f"{'proxy':18} {'req/s':>8} {'CPU µs/req':>11} {'vs nginx':>9} {'syscalls/req':>13} {'vs nginx':>9}")
-for name, us, sc, rps in rows:
-    print(f"{name:18} {rps:>8} {us:>11} {float(us)/float(base[1]):>8.2f}x {sc:>13} {float(sc)/float(base[2]):>8.2f}x")
+by = {r[0]: r for r in rows}
+base = by["nginx"]
+print(f"{'proxy':18} {'req/s':>8} {'CPU µs/req':>11} {'vs nginx':>9} {'syscalls/req':>13} {'vs nginx':>9} {'connects/1k req':>16}")
+for name, us, sc, rps, conn in rows:
+    print(f"{name:18} {rps:>8} {us:>11} {float(us)/float(base[1]):>8.2f}x {sc:>13} {float(sc)/float(base[2]):>8.2f}x {conn:>16}")
+g, h = by["gatelet"], by["haproxy-jwt"]
+print()
+print(f"targets (issue 11), gatelet threads = 1:")
+print(f"  CPU per request <= nginx's:            {float(g[1])/float(base[1]):.2f}x  {'met' if float(g[1]) <= float(base[1]) else 'NOT met'}")
+print(f"  requests/s >= 3x HAProxy-with-JWT's:   {float(g[3])/float(h[3]):.2f}x  {'met' if float(g[3]) >= 3*float(h[3]) else 'NOT met'}")
+print(f"  syscalls per request <= 8:             {float(g[2]):.1f}  {'met' if float(g[2]) <= 8 else 'NOT met'}")
+print(f"  no backend connects in steady load:    {g[4]} per 1k  {'met' if float(g[4]) == 0 else 'NOT met'}")
+if "gatelet-2-threads" in by:
+    t = by["gatelet-2-threads"]
+    print(f"  threads 1 -> 2: req/s {float(t[3])/float(g[3]):.2f}x, CPU per request {float(t[1])/float(g[1]):.2f}x")
 PY
