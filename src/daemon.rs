@@ -49,7 +49,7 @@ pub fn check(config: &Config) -> Result<String, StartError> {
     let Some(state) = &prepared.state else {
         return Err(StartError("rollback not checked: the state store was not opened".into()));
     };
-    let copy = if state.is_copy() { "; read from a copy, a running gatelet holds the store" } else { "" };
+    let copy = if state.is_copy() { "; read beside the running gatelet that holds the store" } else { "" };
     let rollback = match state.rollback_mark() {
         Ok(Some(mark)) => format!("ok (last accepted serial {}{copy})", mark.serial),
         Ok(None) => format!("ok (no bundle accepted yet{copy})"),

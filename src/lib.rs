@@ -45,8 +45,8 @@
 //!   the `inspect` JSON view. Byte-level spec: `bundle-format/SPEC.md`.
 //! - [`project`] — the toolkit's compiler: `gatelet.toml` + OpenAPI (`x-wso2-*`) + keys →
 //!   manifest, every reference resolved at build time.
-//! - [`state`] — the only module over sled: anti-rollback mark and clock floor, flushed before
-//!   anything relies on them.
+//! - [`state`] — the device's durable facts (anti-rollback mark, clock floor) in two checksummed
+//!   slot files, fsynced before anything relies on them.
 //! - [`config`] — the device's `gatelet.toml`: defaults, file, `GATELET_<SECTION>_<KEY>`,
 //!   command line, resolved in one place.
 //! - [`router`] — path normalisation and routing. Pure.

@@ -96,7 +96,7 @@ fn check_beside_a_running_daemon_reads_its_store_and_refuses_a_rollback() {
         assert_eq!(code, Some(0), "serial {serial}: {stdout}{stderr}");
         assert!(stdout.contains(&format!("serial {serial}")), "{stdout}");
         assert!(stdout.contains("rollback: ok (last accepted serial 20"), "{stdout}");
-        assert!(stdout.contains("read from a copy"), "{stdout}");
+        assert!(stdout.contains("read beside the running gatelet"), "{stdout}");
     }
     // The daemon never noticed.
     daemon.stop();
@@ -108,9 +108,11 @@ fn check_fails_when_a_locked_store_cannot_be_read() {
     let f = Fixture::new("check-locked-unreadable");
     let config = f.config(20, "");
     let daemon = Daemon::start(&config);
-    // A store far too large to copy (sparse: it takes no room), held by the daemon.
-    let big = std::fs::File::create(f.dir.join("state/padding")).expect("create");
-    big.set_len(1 << 30).expect("sparse file");
+    // A slot that cannot be read (as for an operator without access to the service's files),
+    // while the daemon holds the store.
+    let slot = f.dir.join("state/state.1");
+    std::fs::remove_file(&slot).expect("rm");
+    std::fs::create_dir(&slot).expect("mkdir");
     let (code, stdout, stderr) = outcome(&check(&config));
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("in use by a running gatelet"), "{stderr}");
@@ -130,25 +132,13 @@ fn check_fails_on_a_corrupt_store() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("rollback: ok (no bundle accepted yet)"), "the store itself: {stdout}");
 
-    // A mark of the wrong shape.
-    {
-        let db = sled::Config::new().path(&state).open().expect("raw sled");
-        db.insert(b"rollback_mark", &b"short"[..]).expect("insert");
-        db.flush().expect("flush");
-    }
-    let (code, stdout, stderr) = outcome(&check(&config));
-    assert_eq!(code, Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains("the anti-rollback mark is corrupt"), "{stderr}");
-    assert!(stderr.contains("move the directory aside"), "says what to do: {stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-
-    // A store sled itself cannot make sense of.
-    std::fs::remove_dir_all(&state).expect("rm");
+    // Slots that hold no valid record (bytes that are not one; a record cut short).
     std::fs::create_dir_all(&state).expect("mkdir");
-    std::fs::write(state.join("conf"), b"\xff\xfe not a sled configuration \x00").expect("write");
-    std::fs::write(state.join("db"), vec![0xA5; 4096]).expect("write");
+    std::fs::write(state.join("state.0"), vec![0xA5; 112]).expect("write");
+    std::fs::write(state.join("state.1"), b"GLTSTATE\x00\x00\x00\x01").expect("write");
     let (code, stdout, stderr) = outcome(&check(&config));
     assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("each copy of the state is corrupt"), "{stderr}");
     assert!(stderr.contains(path_str(&state)), "names the directory: {stderr}");
     assert!(stderr.contains("move the directory aside"), "says what to do: {stderr}");
     // run refuses the same store.
@@ -157,5 +147,30 @@ fn check_fails_on_a_corrupt_store() {
         .output()
         .expect("gatelet run runs");
     assert_eq!(run.status.code(), Some(1), "{}", String::from_utf8_lossy(&run.stderr));
+    std::fs::remove_dir_all(&f.dir).expect("cleanup");
+}
+
+#[test]
+fn a_store_of_an_older_gatelet_is_said_and_the_installed_bundle_sets_the_mark() {
+    let f = Fixture::new("check-sled");
+    let config = f.config(20, "");
+    let state = f.dir.join("state");
+    // sled's files, as a gatelet before the slot format left them.
+    std::fs::create_dir_all(state.join("blobs")).expect("mkdir");
+    std::fs::write(state.join("conf"), b"segment_size: 524288\n").expect("write");
+    std::fs::write(state.join("db"), vec![0xA5; 4096]).expect("write");
+    let (code, stdout, stderr) = outcome(&check(&config));
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("rollback: ok (no bundle accepted yet)"), "{stdout}");
+    assert!(stderr.contains("holds a store of an older gatelet (sled), which is not read"), "{stderr}");
+    assert!(!state.join("state.0").exists() && !state.join("state.1").exists(), "check writes nothing");
+    // run accepts the installed bundle as the mark; an older one is refused from then on.
+    Daemon::start(&config).stop();
+    std::fs::write(f.dir.join("bundle.glb"), f.bundle(10)).expect("write");
+    let (code, stdout, stderr) = outcome(&check(&config));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("rollback refused: serial 10 is older than the accepted serial 20"), "{stderr}");
+    assert!(!stderr.contains("older gatelet"), "said once, while the store was new: {stderr}");
+    assert!(state.join("db").exists(), "sled's files are left in place");
     std::fs::remove_dir_all(&f.dir).expect("cleanup");
 }
