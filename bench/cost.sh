@@ -11,7 +11,7 @@
 # share CPU 1. CPU per request is the proxy's utime+stime over a load (from /proc) divided by the
 # requests wrk counted. Syscalls and backend connects per request come from a second, shorter
 # load under `strace -c -f` (strace slows the proxy, so only counts per request are read from
-# it). Last, gatelet with `threads = 2` on both CPUs (sharing them with wrk and the backend), to
+# it); backend connects per 1,000 requests from a window in the middle of a third load. Last, gatelet with `threads = 2` on both CPUs (sharing them with wrk and the backend), to
 # show how a second worker changes throughput and CPU per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,13 +55,22 @@ measure() {
   if [ -z "$calls" ] || [ "$calls" = 0 ]; then
     echo "strace counted no system calls of $name (pid $pid)"; cat "$work/$name.strace"; exit 1
   fi
-  # Connections opened to the backend in steady load (the `connect` row; none is no row).
-  local connects; connects=$(awk '$NF == "connect" {print $4}' "$work/$name.strace")
-  python3 - "$name" "$before" "$after" "$reqs" "$tick" "$calls" "$sreqs" "$rps" "${connects:-0}" >>"$work/results" <<'PY'
+  # Connections opened to the backend in steady load: counted in the middle of a load, because
+  # wrk's start and end open and cut connections (a request cut mid-answer closes its backend
+  # connection, in nginx as in gatelet). Only connect(2) is traced, so the load runs at speed.
+  taskset -c 1 wrk -t1 -c32 -d5s "$@" "$url" >"$work/$name.steady" &
+  local w=$!
+  sleep 1.5
+  timeout -s INT 2 strace -f -c -e trace=connect -p "$pid" -o "$work/$name.connects" 2>/dev/null || true
+  wait "$w"
+  local connects; connects=$(awk '$NF == "connect" {print $4}' "$work/$name.connects")
+  local steady_rps; steady_rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.steady")
+  connects=$(python3 -c "print(${connects:-0} * 1000 / max(1.0, float('$steady_rps') * 2))")
+  python3 - "$name" "$before" "$after" "$reqs" "$tick" "$calls" "$sreqs" "$rps" "$connects" >>"$work/results" <<'PY'
 import sys
 name, b, a, reqs, tick, calls, sreqs, rps, connects = sys.argv[1:]
 us = (int(a) - int(b)) / int(tick) * 1e6 / int(reqs)
-print(f"{name} {us:.1f} {int(calls) / int(sreqs):.1f} {float(rps):.0f} {int(connects) * 1000 / int(sreqs):.1f}")
+print(f"{name} {us:.1f} {int(calls) / int(sreqs):.1f} {float(rps):.0f} {float(connects):.2f}")
 PY
   echo "top system calls of $name (calls per request):"
   awk -v n="$sreqs" 'NR > 2 && $NF != "total" && $1 !~ /^-/ {printf "  %-16s %6.2f\n", $NF, $4 / n}' "$work/$name.strace" | sort -k2 -rn | head -8

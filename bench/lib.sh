@@ -23,7 +23,8 @@ need_apt() {
   done
   if [ ${#want[@]} -gt 0 ]; then
     echo "installing: ${want[*]}"
-    apt-get update -qq
+    # A foreign architecture's lists caught mid-sync fail the update without harming ours.
+    apt-get update -qq || echo "apt-get update reported errors; installing from the lists it has"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null
   fi
 }
