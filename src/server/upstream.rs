@@ -163,10 +163,10 @@ fn with_pool<R>(key: &PoolKey, f: impl FnOnce(&mut Pool) -> R) -> Option<R> {
     POOLS
         .try_with(|p| {
             let mut pools = p.borrow_mut();
-            if !pools.contains_key(key) {
-                pools.insert(key.clone(), Pool::default());
+            if let Some(pool) = pools.get_mut(key) {
+                return Some(f(pool));
             }
-            pools.get_mut(key).map(f)
+            Some(f(pools.entry(key.clone()).or_default()))
         })
         .ok()
         .flatten()
