@@ -25,7 +25,7 @@ const INBOX_MAX: u64 = crate::bundle::format::MAX_FILE;
 /// How often the clock floor is persisted while running: rarely, to spare the flash.
 const CLOCK_PERSIST_EVERY: Duration = Duration::from_secs(3600);
 
-fn notify(state: &[sd_notify::NotifyState]) {
+pub(crate) fn notify(state: &[sd_notify::NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         if let Err(e) = sd_notify::notify(state) {
             log::warn!("sd_notify: {e}");
@@ -38,6 +38,9 @@ fn notify(state: &[sd_notify::NotifyState]) {
 /// cannot open, or one a running gatelet holds and whose copy cannot be read: see
 /// [`crate::state`]) is an error, so that the exit status can be trusted.
 pub fn check(config: &Config) -> Result<String, StartError> {
+    if crate::provision::pending(config) {
+        return crate::provision::check(config);
+    }
     let prepared = server::prepare(config, false)?;
     let m = prepared.bundle.manifest();
     // Build what run builds (routes, validator, throttle), so a bundle run would refuse fails here.
@@ -114,11 +117,40 @@ enum ReloadMsg {
     Stop,
 }
 
-async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, StartError> {
-    if addr.is_empty() {
-        return Ok(None);
+/// The listeners, bound: by [`start`], or before it while waiting for the first bundle
+/// ([`crate::provision`]), which hands them over still bound so no connection is refused.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub http: Option<std::net::TcpListener>,
+    pub https: Option<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let bind = |addr: &str, what: &str| {
+            if addr.is_empty() {
+                return Ok(None);
+            }
+            std::net::TcpListener::bind(addr)
+                .map(Some)
+                .map_err(|e| StartError(format!("{what} listener {addr}: {e}")))
+        };
+        Ok(Listeners {
+            http: bind(&config.server.listen, "http")?,
+            https: bind(&config.server.listen_tls, "https")?,
+            admin: bind(&config.server.admin_listen, "admin")?,
+        })
     }
-    TcpListener::bind(addr).await.map(Some).map_err(|e| StartError(format!("{what} listener {addr}: {e}")))
+
+    fn into_smol(
+        self,
+    ) -> Result<(Option<TcpListener>, Option<TcpListener>, Option<TcpListener>), StartError> {
+        let conv = |l: Option<std::net::TcpListener>| {
+            l.map(TcpListener::try_from).transpose().map_err(|e| StartError(format!("listener: {e}")))
+        };
+        Ok((conv(self.http)?, conv(self.https)?, conv(self.admin)?))
+    }
 }
 
 /// The usage spooler as the data plane's sink.
@@ -154,6 +186,11 @@ fn start_usage(config: &usage::UsageConfig, floor_s: u64) -> Result<Spooler, Sta
 /// Starts the gateway: verifies and accepts the bundle, starts the usage spooler, binds the
 /// listeners and serves on a thread pool.
 pub fn start(config: Config) -> Result<Running, StartError> {
+    start_on(config, None)
+}
+
+/// [`start`] on listeners already bound (`None`: bind them after the bundle is accepted).
+pub fn start_on(config: Config, listeners: Option<Listeners>) -> Result<Running, StartError> {
     let threads = match config.server.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n as usize,
@@ -165,13 +202,11 @@ pub fn start(config: Config) -> Result<Running, StartError> {
     } else {
         Some(server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?)
     };
-    let (http, https, admin) = smol::block_on(async {
-        Ok::<_, StartError>((
-            bind(&config.server.listen, "http").await?,
-            bind(&config.server.listen_tls, "https").await?,
-            bind(&config.server.admin_listen, "admin").await?,
-        ))
-    })?;
+    let (http, https, admin) = match listeners {
+        Some(l) => l,
+        None => Listeners::bind(&config)?,
+    }
+    .into_smol()?;
     let floor = prepared.floor.max(prepared.bundle.manifest().created_at);
     let spooler = start_usage(&config.usage, floor)?;
     let usage: Option<Box<dyn UsageSink>> = Some(Box::new(SpoolSink(spooler)));
@@ -343,25 +378,8 @@ pub fn process_inbox(gw: &Gateway) {
     if inbox.is_empty() {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(inbox) else { return };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    for file in files {
-        let outcome = std::fs::metadata(&file)
-            .map_err(|e| StartError(e.to_string()))
-            .and_then(|m| {
-                if m.len() > INBOX_MAX {
-                    Err(StartError(format!("larger than {INBOX_MAX} bytes")))
-                } else {
-                    crate::bundle::read_file(&file).map_err(|e| StartError(e.to_string()))
-                }
-            })
-            .and_then(|bytes| gw.reload_from(&bytes, true));
+    for file in inbox_files(inbox) {
+        let outcome = read_inbox_file(&file).and_then(|bytes| gw.reload_from(&bytes, true));
         match outcome {
             Ok(Some(serial)) => {
                 log::info!("inbox {}: accepted, now serving serial {serial}", file.display());
@@ -383,14 +401,35 @@ pub fn process_inbox(gw: &Gateway) {
     }
 }
 
-fn remove(file: &Path) {
+/// The bundle files in the inbox, oldest name first (names starting with `.` are not taken).
+pub(crate) fn inbox_files(inbox: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(inbox) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+pub(crate) fn read_inbox_file(file: &Path) -> Result<Vec<u8>, StartError> {
+    let m = std::fs::metadata(file).map_err(|e| StartError(e.to_string()))?;
+    if m.len() > INBOX_MAX {
+        return Err(StartError(format!("larger than {INBOX_MAX} bytes")));
+    }
+    crate::bundle::read_file(file).map_err(|e| StartError(e.to_string()))
+}
+
+pub(crate) fn remove(file: &Path) {
     if let Err(e) = std::fs::remove_file(file) {
         log::warn!("inbox {}: cannot remove: {e}", file.display());
     }
 }
 
 /// Renames a refused file to `.refused-<name>`, which the inbox then ignores.
-fn set_aside(file: &Path) {
+pub(crate) fn set_aside(file: &Path) {
     let Some(name) = file.file_name() else { return };
     let mut aside = std::ffi::OsString::from(".refused-");
     aside.push(name);
@@ -459,9 +498,18 @@ impl Running {
     }
 }
 
-/// `gatelet run`: start, serve until SIGTERM/SIGINT, drain, exit.
+/// `gatelet run`: start (first waiting for a first bundle, when there is none yet but an inbox:
+/// [`crate::provision`]), serve until SIGTERM/SIGINT, drain, exit.
 pub fn run(config: Config) -> Result<(), StartError> {
-    let running = start(config)?;
+    let listeners = if crate::provision::pending(&config) {
+        match crate::provision::wait_for_first_bundle(&config)? {
+            Some(l) => Some(l),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let running = start_on(config, listeners)?;
     running.wait_for_signals()?;
     running.shutdown();
     Ok(())
