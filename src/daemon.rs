@@ -143,13 +143,12 @@ impl Listeners {
         })
     }
 
-    fn into_smol(
-        self,
-    ) -> Result<(Option<TcpListener>, Option<TcpListener>, Option<TcpListener>), StartError> {
+    /// The three listeners (http, https, admin) on smol's reactor.
+    fn into_smol(self) -> Result<[Option<TcpListener>; 3], StartError> {
         let conv = |l: Option<std::net::TcpListener>| {
             l.map(TcpListener::try_from).transpose().map_err(|e| StartError(format!("listener: {e}")))
         };
-        Ok((conv(self.http)?, conv(self.https)?, conv(self.admin)?))
+        Ok([conv(self.http)?, conv(self.https)?, conv(self.admin)?])
     }
 }
 
@@ -202,7 +201,7 @@ pub fn start_on(config: Config, listeners: Option<Listeners>) -> Result<Running,
     } else {
         Some(server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?)
     };
-    let (http, https, admin) = match listeners {
+    let [http, https, admin] = match listeners {
         Some(l) => l,
         None => Listeners::bind(&config)?,
     }
