@@ -23,7 +23,7 @@ const INBOX_MAX: u64 = crate::bundle::format::MAX_FILE;
 /// How often the clock floor is persisted while running: rarely, to spare the flash.
 const CLOCK_PERSIST_EVERY: Duration = Duration::from_secs(3600);
 
-fn notify(state: &[sd_notify::NotifyState]) {
+pub(crate) fn notify(state: &[sd_notify::NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         if let Err(e) = sd_notify::notify(state) {
             log::warn!("sd_notify: {e}");
@@ -36,6 +36,9 @@ fn notify(state: &[sd_notify::NotifyState]) {
 /// cannot open, or one a running gatelet holds and whose copy cannot be read: see
 /// [`crate::state`]) is an error, so that the exit status can be trusted.
 pub fn check(config: &Config) -> Result<String, StartError> {
+    if crate::provision::pending(config) {
+        return crate::provision::check(config);
+    }
     let prepared = server::prepare(config, false)?;
     let m = prepared.bundle.manifest();
     // Build what run builds (routes, validator, throttle), so a bundle run would refuse fails here.
@@ -118,6 +121,35 @@ fn bind(addr: &str, count: usize, what: &str) -> Result<Vec<std::net::TcpListene
     server::rt::bind(addr, count).map_err(|e| StartError(format!("{what} listener {addr}: {e}")))
 }
 
+/// Data-plane workers: `server.threads`, or one per CPU when it is 0.
+fn workers(config: &Config) -> usize {
+    match config.server.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    }
+}
+
+/// The listeners, bound: by [`start`], or before it while waiting for the first bundle
+/// ([`crate::provision`]), which hands them over still bound so no connection is refused. The
+/// data-plane listeners are one socket per worker sharing the port; the admin listener is one.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub http: Vec<std::net::TcpListener>,
+    pub https: Vec<std::net::TcpListener>,
+    pub admin: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let threads = workers(config);
+        Ok(Listeners {
+            http: bind(&config.server.listen, threads, "http")?,
+            https: bind(&config.server.listen_tls, threads, "https")?,
+            admin: bind(&config.server.admin_listen, 1, "admin")?,
+        })
+    }
+}
+
 /// The usage spooler as the data plane's sink.
 struct SpoolSink(Spooler);
 
@@ -151,19 +183,22 @@ fn start_usage(config: &usage::UsageConfig, floor_s: u64) -> Result<Spooler, Sta
 /// Starts the gateway: verifies and accepts the bundle, starts the usage spooler, binds the
 /// listeners and serves on a thread pool.
 pub fn start(config: Config) -> Result<Running, StartError> {
-    let threads = match config.server.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n as usize,
-    };
+    start_on(config, None)
+}
+
+/// [`start`] on listeners already bound (`None`: bind them after the bundle is accepted).
+pub fn start_on(config: Config, listeners: Option<Listeners>) -> Result<Running, StartError> {
+    let threads = workers(&config);
     let prepared = server::prepare(&config, true)?;
     let tls = if config.server.listen_tls.is_empty() {
         None
     } else {
         Some(server::tls_acceptor(&config.server.tls_cert, &config.server.tls_key)?)
     };
-    let http = bind(&config.server.listen, threads, "http")?;
-    let https = bind(&config.server.listen_tls, threads, "https")?;
-    let admin = bind(&config.server.admin_listen, 1, "admin")?;
+    let Listeners { http, https, admin } = match listeners {
+        Some(l) => l,
+        None => Listeners::bind(&config)?,
+    };
     let floor = prepared.floor.max(prepared.bundle.manifest().created_at);
     let spooler = start_usage(&config.usage, floor)?;
     let usage: Option<Box<dyn UsageSink>> = Some(Box::new(SpoolSink(spooler)));
@@ -328,25 +363,8 @@ pub fn process_inbox(gw: &Gateway) {
     if inbox.is_empty() {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(inbox) else { return };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    for file in files {
-        let outcome = std::fs::metadata(&file)
-            .map_err(|e| StartError(e.to_string()))
-            .and_then(|m| {
-                if m.len() > INBOX_MAX {
-                    Err(StartError(format!("larger than {INBOX_MAX} bytes")))
-                } else {
-                    crate::bundle::read_file(&file).map_err(|e| StartError(e.to_string()))
-                }
-            })
-            .and_then(|bytes| gw.reload_from(&bytes, true));
+    for file in inbox_files(inbox) {
+        let outcome = read_inbox_file(&file).and_then(|bytes| gw.reload_from(&bytes, true));
         match outcome {
             Ok(Some(serial)) => {
                 log::info!("inbox {}: accepted, now serving serial {serial}", file.display());
@@ -368,14 +386,35 @@ pub fn process_inbox(gw: &Gateway) {
     }
 }
 
-fn remove(file: &Path) {
+/// The bundle files in the inbox, oldest name first (names starting with `.` are not taken).
+pub(crate) fn inbox_files(inbox: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(inbox) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+pub(crate) fn read_inbox_file(file: &Path) -> Result<Vec<u8>, StartError> {
+    let m = std::fs::metadata(file).map_err(|e| StartError(e.to_string()))?;
+    if m.len() > INBOX_MAX {
+        return Err(StartError(format!("larger than {INBOX_MAX} bytes")));
+    }
+    crate::bundle::read_file(file).map_err(|e| StartError(e.to_string()))
+}
+
+pub(crate) fn remove(file: &Path) {
     if let Err(e) = std::fs::remove_file(file) {
         log::warn!("inbox {}: cannot remove: {e}", file.display());
     }
 }
 
 /// Renames a refused file to `.refused-<name>`, which the inbox then ignores.
-fn set_aside(file: &Path) {
+pub(crate) fn set_aside(file: &Path) {
     let Some(name) = file.file_name() else { return };
     let mut aside = std::ffi::OsString::from(".refused-");
     aside.push(name);
@@ -443,9 +482,18 @@ impl Running {
     }
 }
 
-/// `gatelet run`: start, serve until SIGTERM/SIGINT, drain, exit.
+/// `gatelet run`: start (first waiting for a first bundle, when there is none yet but an inbox:
+/// [`crate::provision`]), serve until SIGTERM/SIGINT, drain, exit.
 pub fn run(config: Config) -> Result<(), StartError> {
-    let running = start(config)?;
+    let listeners = if crate::provision::pending(&config) {
+        match crate::provision::wait_for_first_bundle(&config)? {
+            Some(l) => Some(l),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let running = start_on(config, listeners)?;
     running.wait_for_signals()?;
     running.shutdown();
     Ok(())

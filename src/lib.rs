@@ -55,9 +55,10 @@
 //! - [`throttle`] — the throttling decision: WSO2's API/resource/subscription/application levels,
 //!   exact fixed windows, fixed-size tables, IETF `RateLimit` headers. Pure: time is passed in.
 //! - [`server`] — the data plane: listeners, framing guard, pipeline, backend pool, admin
-//!   endpoints, metrics. Only it (and `usage`) touches sockets.
+//!   endpoints, metrics. Only it (and `usage`, and `provision` before the first bundle) touches sockets.
 //! - [`daemon`] — `run` and `check`: start-up order, signals, inbox and SIGHUP reloads, drain,
 //!   systemd notifications.
+//! - [`provision`] — first boot: no bundle yet but an inbox; 503s until the first bundle arrives.
 //! - [`demo`] — `gatelet demo`: the embedded default with an echo backend.
 //! - [`usage`] — usage records: bounded queue, gzip NDJSON spool on flash (one fsynced member per
 //!   flush, crash recovery, hard cap), uploader with backoff, `usage export`.
@@ -71,6 +72,7 @@ pub mod daemon;
 pub mod demo;
 pub mod keys;
 pub mod project;
+pub mod provision;
 pub mod router;
 pub mod server;
 pub mod state;

@@ -171,7 +171,8 @@ impl HeadScan {
     /// is such bytes (a bearer token alone is hundreds), and a byte-by-byte scan of them was the
     /// guard's largest cost.
     fn skip_run(&mut self, data: &[u8]) -> usize {
-        if self.cr || self.line_start || !(self.in_request_line || (self.colon && self.field == Field::Other)) {
+        if self.cr || self.line_start || !(self.in_request_line || (self.colon && self.field == Field::Other))
+        {
             return 0;
         }
         let n = memchr::memchr2(b'\r', b'\n', data).unwrap_or(data.len());
