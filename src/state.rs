@@ -397,10 +397,12 @@ pub struct StateStore {
 
 impl fmt::Debug for StateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // try_lock: formatting a store while one of its writes holds the lock must not deadlock.
+        let record = self.inner.try_lock().map(|inner| inner.record).ok();
         f.debug_struct("StateStore")
             .field("dir", &self.dir)
             .field("read_only", &self.lock.is_none())
-            .field("record", &self.inner().record)
+            .field("record", &record)
             .finish()
     }
 }

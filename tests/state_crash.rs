@@ -1,7 +1,9 @@
 //! The state store across process kills: a child process accepts bundles and raises the clock
 //! floor in a loop, printing each value once `accept_bundle`/`raise_clock_floor` returned (i.e.
-//! after the flush); the parent kills it with SIGKILL at a random moment, reopens the store and
-//! checks that it opens, and that nothing acknowledged was lost or mangled. Many rounds.
+//! after the slot was written and fsynced); the parent kills it with SIGKILL at a random moment,
+//! reopens the store and checks that it opens, and that nothing acknowledged was lost or mangled.
+//! Many rounds. Each step of a write, and what a power cut there could leave, is replayed
+//! deterministically by `src/state.rs::every_crash_point_of_a_write_leaves_the_facts_before_or_after_it`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
