@@ -3,10 +3,11 @@
 //! # The path of a request
 //!
 //! ```text
-//!  client ─► server::serve: accept (max_connections, TCP_NODELAY, TLS 1.3/1.2 by server::tls)
+//!  client ─► server::serve on a worker (server::rt: one thread, epoll, run queue, timer table and
+//!            SO_REUSEPORT socket each): accept (max_connections, TCP_NODELAY, TLS 1.3/1.2)
 //!         ─► server::guard: first head read before hyper starts, charged to the head budget;
 //!                           smuggling shapes (CL+TE, odd codings, obs-fold, bad chunks) → 400
-//!         ─► hyper HTTP/1.1 on smol (server::io): head timeout, head size (431)
+//!         ─► hyper HTTP/1.1 on the worker (server::io): head timeout, head size (431)
 //!         ─► Gateway::handle ─► Host rules (400); router: normalise path once (`;` → 400);
 //!                               longest context, template, method (404/405);
 //!                               an HTTPS-only API on the plain listener (403)
@@ -16,11 +17,12 @@
 //!                            ─► throttle: fixed in-memory buckets, counted before forwarding (429)
 //!                            ─► server::forwarded: X-Forwarded-*/Forwarded/X-Real-IP set by gatelet;
 //!                               API key removed; server::backend_jwt: forward, none or a signed JWT
-//!                            ─► server::upstream: pooled HTTP/1.1 to the backend (502/504), the
+//!                            ─► server::upstream: the worker's own pool, HTTP/1.1 to the backend (502/504), the
 //!                               endpoint's timeout, basic credentials, retries of unsent requests;
 //!                               a broken or stalled client body is the client's (400/408)
 //!                            ─► response streams back; when it ends, a usage record
-//!         ─► usage: bounded queue ─► gzip NDJSON spool on flash ─► upload or `usage export`
+//!         ─► usage: bounded queue, polled by the writer (no wake per record) ─► gzip NDJSON spool
+//!            on flash ─► upload or `usage export`
 //! ```
 //!
 //! Every refusal, including those made before the pipeline (guard, hyper's parser), leaves one

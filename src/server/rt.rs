@@ -101,6 +101,9 @@ struct Source {
     generation: u32,
     readable: AtomicBool,
     writable: AtomicBool,
+    /// The peer closed or the socket failed: a read will end the stream (or fail) rather than
+    /// find nothing, and no later edge will say so.
+    hup: AtomicBool,
     reader: Mutex<Option<Waker>>,
     writer: Mutex<Option<Waker>>,
 }
@@ -314,6 +317,9 @@ fn event_loop(local: &Local, root: &Task<()>) -> io::Result<()> {
                 }
                 use epoll::EventFlags as F;
                 let f = ev.flags;
+                if f.intersects(F::HUP | F::ERR | F::RDHUP) {
+                    src.hup.store(true, Ordering::SeqCst);
+                }
                 if f.intersects(F::IN | F::HUP | F::ERR | F::RDHUP | F::PRI) {
                     src.readable.store(true, Ordering::SeqCst);
                     if let Some(w) = lock(&src.reader).take() {
@@ -354,6 +360,7 @@ impl Registration {
             generation,
             readable: AtomicBool::new(true),
             writable: AtomicBool::new(writable),
+            hup: AtomicBool::new(false),
             reader: Mutex::new(None),
             writer: Mutex::new(None),
         });
@@ -387,6 +394,14 @@ impl Registration {
 
     fn not_readable(&self) {
         self.source.readable.store(false, Ordering::SeqCst);
+    }
+
+    /// A read came back short: the data is drained, but an end of stream (or an error) that
+    /// arrived with it is still to be read, and its edge has already been seen.
+    fn drained(&self) {
+        if !self.source.hup.load(Ordering::SeqCst) {
+            self.not_readable();
+        }
     }
 
     fn not_writable(&self) {
@@ -437,10 +452,10 @@ impl AsyncRead for Stream {
             }
             match (&this.io).read(buf) {
                 Ok(n) => {
-                    // Short: the socket is drained. Zero is the end of the stream, which stays
-                    // readable.
+                    // Short: the socket is drained (unless the peer closed: then the end of the
+                    // stream is still to be read). Zero is the end, which stays readable.
                     if n > 0 && n < buf.len() {
-                        this.reg.not_readable();
+                        this.reg.drained();
                     }
                     return Poll::Ready(Ok(n));
                 }
@@ -968,6 +983,40 @@ mod tests {
             total
         });
         assert_eq!(n, 8 << 20);
+    }
+
+    #[test]
+    fn an_end_of_stream_that_came_with_the_last_data_is_read() {
+        // The peer's data and its FIN arrive together, in one edge: the short read that takes the
+        // data must not mark the socket drained, or the end of the stream is never read.
+        let got = on_worker(async {
+            let l = Listener::new(bind("127.0.0.1:0", 1).expect("bind").remove(0)).expect("listener");
+            let addr = l.local_addr().expect("addr");
+            let mut c = connect(addr).await.expect("connect");
+            let (mut s, _) = l.accept().await.expect("accept");
+            // The client waits first, so the data and the FIN reach it through the event loop.
+            let reader = spawn(async move {
+                let mut all = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = c.read(&mut buf).await.expect("read");
+                    if n == 0 {
+                        return all;
+                    }
+                    all.extend_from_slice(&buf[..n]);
+                }
+            });
+            smol::future::yield_now().await;
+            s.write_all(b"last words").await.expect("write");
+            s.close().await.expect("close");
+            drop(s);
+            smol::future::or(async { Some(reader.await) }, async {
+                Sleep::after(Duration::from_secs(10)).await;
+                None
+            })
+            .await
+        });
+        assert_eq!(got.as_deref(), Some(&b"last words"[..]), "the end of the stream was never read");
     }
 
     #[test]
