@@ -298,7 +298,13 @@ pub fn start_on(config: Config, listeners: Option<Listeners>) -> Result<Running,
 }
 
 fn reload_loop(gw: &Gateway, rx: &std::sync::mpsc::Receiver<ReloadMsg>) {
-    let poll = Duration::from_millis(gw.config.bundle.inbox_poll_ms);
+    // Without an inbox there is nothing to poll: the thread wakes only for the clock floor, the
+    // watchdog and SIGHUP.
+    let poll = if gw.config.bundle.inbox.is_empty() {
+        CLOCK_PERSIST_EVERY
+    } else {
+        Duration::from_millis(gw.config.bundle.inbox_poll_ms)
+    };
     let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
     let mut next_inbox = Instant::now() + poll;
     let mut next_ping = Instant::now();

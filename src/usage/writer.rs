@@ -43,6 +43,8 @@ pub const COMPRESSION: u32 = 6;
 /// [`WriterWake`]'s threshold do.
 const POLL_ACTIVE: Duration = Duration::from_millis(20);
 const POLL_IDLE: Duration = Duration::from_secs(1);
+/// Events taken between looks at the flush and rotation deadlines while the queue stays full.
+const MAINTAIN_EVERY: usize = 64;
 
 /// How senders reach a writer that sleeps between looks at the queue.
 #[derive(Debug)]
@@ -82,8 +84,10 @@ impl WriterWake {
         self.pending.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn taken(&self) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
+    /// The writer took `n` events off the queue (counted in batches: the request path's
+    /// threads write this counter too, and a write per event would bounce its cache line).
+    fn taken(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -214,7 +218,6 @@ impl Writer {
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Event(e)) => {
-                        wake.taken();
                         taken += 1;
                         self.on_event(&e);
                     }
@@ -236,14 +239,23 @@ impl Writer {
                         return;
                     }
                 }
-                if taken % 512 == 511 {
+                // Flushes fall due while a flood keeps the queue full: look at the clock often.
+                if taken % MAINTAIN_EVERY == 0 && taken > 0 {
+                    wake.taken(MAINTAIN_EVERY);
                     self.maintain(Instant::now());
                 }
             }
+            wake.taken(taken % MAINTAIN_EVERY);
             let now = Instant::now();
             self.maintain(now);
-            quiet_looks = if taken == 0 { quiet_looks.saturating_add(1).min(16) } else { 0 };
-            let poll = POLL_ACTIVE.saturating_mul(1 << quiet_looks.min(6)).min(POLL_IDLE);
+            if taken > 0 {
+                // Events came while this look drained the queue: look again at once, so a flood
+                // keeps the writer busy rather than parked.
+                quiet_looks = 0;
+                continue;
+            }
+            quiet_looks = quiet_looks.saturating_add(1).min(16);
+            let poll = POLL_ACTIVE.saturating_mul(1 << (quiet_looks - 1).min(6)).min(POLL_IDLE);
             let wait = self.next_deadline(now).saturating_duration_since(now).min(poll);
             if !wait.is_zero() {
                 std::thread::park_timeout(wait);
