@@ -27,7 +27,7 @@ use std::net::{Shutdown as HalfClose, SocketAddr, TcpListener, TcpStream, ToSock
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -128,7 +128,7 @@ struct Shared {
     sleeping: AtomicBool,
     closed: AtomicBool,
     sources: Mutex<Slab<Arc<Source>>>,
-    next_gen: AtomicU64,
+    next_gen: AtomicU32,
 }
 
 impl Shared {
@@ -223,7 +223,7 @@ where
         sleeping: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         sources: Mutex::new(Slab::new()),
-        next_gen: AtomicU64::new(1),
+        next_gen: AtomicU32::new(1),
     });
     let local = Rc::new(Local {
         shared: Arc::clone(&shared),
@@ -355,7 +355,7 @@ impl Registration {
             return Err(io::Error::other("gatelet data-plane socket used off a worker thread"));
         };
         let shared = Arc::clone(&l.shared);
-        let generation = shared.next_gen.fetch_add(1, Ordering::Relaxed) as u32;
+        let generation = shared.next_gen.fetch_add(1, Ordering::Relaxed);
         let source = Arc::new(Source {
             generation,
             readable: AtomicBool::new(true),
@@ -727,7 +727,7 @@ impl Timers {
     }
 }
 
-static NEXT_TIMER_GEN: AtomicUsize = AtomicUsize::new(1);
+static NEXT_TIMER_GEN: AtomicU32 = AtomicU32::new(1);
 
 #[derive(Debug)]
 enum SleepState {
@@ -802,7 +802,7 @@ impl Future for Sleep {
         match local() {
             Some(l) => match l.timers.try_borrow_mut() {
                 Ok(mut t) => {
-                    let generation = NEXT_TIMER_GEN.fetch_add(1, Ordering::Relaxed) as u32;
+                    let generation = NEXT_TIMER_GEN.fetch_add(1, Ordering::Relaxed);
                     let key = t.insert(this.deadline, cx.waker().clone(), generation);
                     this.state = SleepState::Local { worker: l.shared.id, key, generation };
                     Poll::Pending
@@ -1039,8 +1039,7 @@ mod tests {
             for t in tasks {
                 t.await;
             }
-            let v = lock(&log).clone();
-            v
+            lock(&log).clone()
         });
         assert_eq!(order, vec![2, 3, 1]);
     }
