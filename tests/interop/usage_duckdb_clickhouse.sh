@@ -73,7 +73,9 @@ print(f"usage interop: DuckDB {duckdb.__version__} read {n} request rows from {l
 PY
 
 # ---- 2. ClickHouse -----------------------------------------------------------------------------
-ch_candidate() { apt-cache policy clickhouse-server 2>/dev/null | grep -q 'Candidate: [0-9]'; }
+# grep reads all of apt's output: `grep -q` would stop at the match, apt-cache would die of
+# SIGPIPE, and pipefail would report the package missing.
+ch_candidate() { apt-cache policy clickhouse-server 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null; }
 if ! command -v clickhouse-server >/dev/null; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
