@@ -17,7 +17,7 @@ python3 -c 'import ziglang' 2>/dev/null || pip install -q ziglang 2>&1 | grep -v
 echo "zig $(python3 -m ziglang version)"
 command -v cargo-zigbuild >/dev/null || cargo install cargo-zigbuild --locked 2>&1 | tail -n 1
 cargo-zigbuild --version
-rustup target add "$triple" >/dev/null 2>&1 || rustup target list --installed | grep -qx "$triple"
+rustup target add "$triple" >/dev/null 2>&1 || rustup target list --installed | grep -x "$triple" >/dev/null
 # OpenSSL's own build wants perl and make.
 need_apt perl:perl make:make
 

@@ -131,7 +131,7 @@ curl -s -o "$work/slow.out" -w '%{http_code}' -H "Authorization: Bearer $(cat "$
   "http://127.0.0.1:$http_port/bench/1/slow" >"$work/slow.code" &
 slow=$!
 for _ in $(seq 1 200); do
-  curl -s "http://127.0.0.1:$admin_port/metrics" | grep -q '^gatelet_requests_in_flight 1' && break
+  curl -s "http://127.0.0.1:$admin_port/metrics" | grep '^gatelet_requests_in_flight 1' >/dev/null && break
   sleep 0.05
 done
 t=$(date +%s.%N)
