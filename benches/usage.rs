@@ -2,8 +2,9 @@
 //! fdatasync per flush, rotation, to files in the temp dir), and compressed bytes written per
 //! 1,000 requests.
 //!
-//! Baselines in the same run, so results read as ratios: serialising the same records to NDJSON
-//! in memory, and gzip (level 6, the spooler's) of that NDJSON in memory as one stream.
+//! Baselines in the same run, so results read as ratios: writing the same records as NDJSON lines
+//! in memory (the spooler's serialisation alone), gzip of that NDJSON in memory as one stream
+//! (levels 6 and 1), and the compressed size and time of each zlib level the spooler could use.
 //!
 //! `cargo bench --bench usage`
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use gatelet::usage::COMPRESSION;
 use gatelet::usage::gzip::MemberEncoder;
 use gatelet::usage::{Spooler, Timestamp, UsageConfig, UsageEvent, spool};
 
@@ -28,9 +30,7 @@ fn events() -> Vec<UsageEvent> {
 fn ndjson(evs: &[UsageEvent]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in evs {
-        let ev = serde_json::to_string(e).expect("json");
-        let _ =
-            writeln!(out, "{{\"kind\":\"request\",{},\"device_id\":\"bench-device\"}}", &ev[1..ev.len() - 1]);
+        e.write_line("bench-device", &mut out);
     }
     out
 }
@@ -75,11 +75,11 @@ fn benches(c: &mut Criterion) {
     spool_all(&dir, &evs);
     let listing = spool::list(&dir).expect("list");
     let spooled = listing.closed_bytes();
-    let mut one = GzEncoder::new(Vec::new(), Compression::new(6));
+    let mut one = GzEncoder::new(Vec::new(), Compression::new(COMPRESSION));
     one.write_all(&text).expect("gzip");
     let one = one.finish().expect("gzip").len() as u64;
     eprintln!(
-        "usage: {EVENTS} requests, NDJSON {} bytes ({} per request); spooled {} bytes in {} files = {} bytes per 1,000 requests; one gzip stream in memory: {} per 1,000",
+        "usage: {EVENTS} requests, NDJSON {} bytes ({} per request); spooled {} bytes in {} files = {} bytes per 1,000 requests; one gzip stream at the spooler's level in memory: {} per 1,000",
         text.len(),
         text.len() as u64 / EVENTS,
         spooled,
@@ -88,7 +88,7 @@ fn benches(c: &mut Criterion) {
         one * 1000 / EVENTS
     );
     for per_member in [10usize, 100, 1000] {
-        let mut enc = MemberEncoder::new(Compression::new(6));
+        let mut enc = MemberEncoder::new(Compression::new(COMPRESSION));
         let mut total = 0u64;
         let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
         for chunk in lines.chunks(per_member) {
@@ -100,6 +100,36 @@ fn benches(c: &mut Criterion) {
         eprintln!(
             "usage: members of {per_member} requests: {} bytes per 1,000 requests",
             total * 1000 / EVENTS
+        );
+    }
+
+    // Compression level: flash bytes against the writer's CPU, members of 1,000 requests (a
+    // busy device's flush). Printed, not a criterion group: one pass of 20,000 requests per level
+    // is enough to rank them, and the ratios are what the level choice rests on.
+    let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+    let mut level_6 = None;
+    for level in [6u32, 1, 2, 3, 4] {
+        let mut best = Duration::MAX;
+        let mut total = 0u64;
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            let mut enc = MemberEncoder::new(Compression::new(level));
+            total = 0;
+            for chunk in lines.chunks(1000) {
+                for l in chunk {
+                    enc.write(l).expect("write");
+                }
+                total += enc.finish().expect("member").len() as u64;
+            }
+            best = best.min(t0.elapsed());
+        }
+        let (t6, b6) = *level_6.get_or_insert((best, total));
+        eprintln!(
+            "usage: gzip level {level}: {:.2} µs per request ({:.2}x level 6), {} bytes per 1,000 requests ({:.2}x level 6)",
+            best.as_secs_f64() * 1e6 / EVENTS as f64,
+            best.as_secs_f64() / t6.as_secs_f64(),
+            total * 1000 / EVENTS,
+            total as f64 / b6 as f64
         );
     }
 

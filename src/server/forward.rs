@@ -168,12 +168,10 @@ pub fn backend_head(
 }
 
 /// Fills the usage record with what the pipeline learnt: API, resource, caller.
-fn note(decision: &Decision<'_>, record: &mut UsageEvent) {
+fn note(active: &Active, decision: &Decision<'_>, record: &mut UsageEvent) {
     record.resource.clone_from(&decision.resource);
     if let Some(r) = &decision.routed {
-        record.api = Some(r.api.name.clone());
-        record.api_version = Some(r.api.version.clone());
-        record.context = Some(r.api.context.clone());
+        record.api = active.labels.get(r.index).cloned();
     }
     if let Some(p) = &decision.principal {
         note_principal(p, record);
@@ -183,7 +181,7 @@ fn note(decision: &Decision<'_>, record: &mut UsageEvent) {
 fn note_principal(p: &Principal, record: &mut UsageEvent) {
     let t = p.token();
     record.subscriber = Some(t.subject.clone());
-    record.keytype = Some(t.key_type.as_str().to_owned());
+    record.keytype = Some(t.key_type.as_str());
     if let Some(app) = &t.application {
         record.app_id.clone_from(&app.id);
         record.app_name.clone_from(&app.name);
@@ -231,7 +229,7 @@ impl Gateway {
         self.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         let active = self.active();
         let now = active.now();
-        let record = self.arrived(&active, now, req.method().as_str().to_owned(), peer);
+        let record = self.arrived(&active, now, req.method().as_str(), peer);
         // From here on the record belongs to a guard: whatever happens to this future (a client
         // that disconnects while the backend works drops it), the in-flight gauge comes back down
         // and the request leaves exactly one usage record.
@@ -291,7 +289,7 @@ impl Gateway {
             return Err(Refusal::NotReady);
         }
         let mut decision = pipeline::decide(active, Head::of(&req), peer, now);
-        note(&decision, record);
+        note(active, &decision, record);
         if let Some(c) = decision.routed.and_then(|r| active.counters.of(r.index)) {
             counts.clone_from(c);
         }

@@ -17,7 +17,7 @@ use crate::router::{self, Router};
 use crate::state::{StateError, StateStore};
 use crate::throttle::{self, Throttle};
 use crate::token::{self, Reading, TimeSource, Validator};
-use crate::usage::{Timestamp, UsageEvent};
+use crate::usage::{ApiLabels, Timestamp, UsageEvent, method_label};
 
 use super::backend_jwt;
 use super::forwarded::TrustedProxies;
@@ -69,6 +69,8 @@ pub struct Active {
     pub(super) settings: Settings,
     /// Request counts of this bundle's APIs (kept across reloads for the APIs that stay).
     pub(super) counters: ApiCounters,
+    /// Each API's name, version and context for usage records, by manifest index.
+    pub(super) labels: Vec<Arc<ApiLabels>>,
 }
 
 impl std::fmt::Debug for Active {
@@ -127,7 +129,19 @@ impl Active {
             }
         }
         let counters = ApiCounters::new(m, previous.map(|p| &p.counters));
+        let labels = m
+            .apis
+            .iter()
+            .map(|a| {
+                Arc::new(ApiLabels {
+                    name: a.name.clone(),
+                    version: a.version.clone(),
+                    context: a.context.clone(),
+                })
+            })
+            .collect();
         Ok(Active {
+            labels,
             router: Router::new(m),
             validator,
             throttle,
@@ -403,7 +417,7 @@ impl Gateway {
         let path = parts.next().unwrap_or("").split(['?', '#']).next().unwrap_or("");
         let resource = router::normalize_path(path).unwrap_or_else(|_| path.chars().take(256).collect());
         let active = self.active();
-        let mut record = self.arrived(&active, active.now(), method, peer);
+        let mut record = self.arrived(&active, active.now(), &method, peer);
         record.resource = resource;
         record.status = status;
         record.error_code = code;
@@ -417,17 +431,15 @@ impl Gateway {
         &self,
         active: &Active,
         now: Reading,
-        method: String,
+        method: &str,
         peer: SocketAddr,
     ) -> UsageEvent {
         UsageEvent {
             ts: Timestamp(usage_ms(now)),
             request_id: self.next_request_id(),
             api: None,
-            api_version: None,
-            context: None,
             resource: String::new(),
-            method,
+            method: method_label(method),
             status: 0,
             app_id: None,
             app_name: None,
@@ -442,7 +454,7 @@ impl Gateway {
             backend_latency_ms: None,
             request_bytes: 0,
             response_bytes: 0,
-            client_ip: peer.ip().to_string(),
+            client_ip: peer.ip(),
             bundle_serial: active.bundle.serial(),
         }
     }

@@ -12,7 +12,11 @@
 //!   records and bytes they held. `SUM()` over these records is the loss; request rows are
 //!   `WHERE kind = 'request'`.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
@@ -130,19 +134,21 @@ impl Serialize for Timestamp {
 
 /// One request's usage, as the data plane records it. `device_id` is not a field: the spooler
 /// stamps its own on every record it writes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Made on the request path, written on the writer's thread: what comes from the bundle is
+/// shared ([`ApiLabels`], made once per bundle), the fixed vocabularies are static, and the
+/// client's address stays an address until the writer formats it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct UsageEvent {
     /// When the request arrived (the gateway's clock, floor-corrected).
     pub ts: Timestamp,
     pub request_id: String,
-    /// API name; null when no API matched (404).
-    pub api: Option<String>,
-    pub api_version: Option<String>,
-    /// The API's context (`/pizzashack/1.0.0`); null when no API matched.
-    pub context: Option<String>,
+    /// The API that matched: `api`, `api_version` and `context` in the record, all null when
+    /// no API matched (404).
+    pub api: Option<Arc<ApiLabels>>,
     /// The operation's path template when one matched, else the normalised request path.
     pub resource: String,
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// HTTP status sent to the client.
     pub status: u16,
     /// Application of the token (`application.id`); null when unauthenticated.
@@ -151,7 +157,7 @@ pub struct UsageEvent {
     /// The token's subject (or application owner).
     pub subscriber: Option<String>,
     /// `PRODUCTION` or `SANDBOX`; null when unauthenticated.
-    pub keytype: Option<String>,
+    pub keytype: Option<&'static str>,
     /// Throttling tier applied (subscription tier, else the application's).
     pub tier: Option<String>,
     pub throttled: bool,
@@ -170,9 +176,167 @@ pub struct UsageEvent {
     pub request_bytes: u64,
     pub response_bytes: u64,
     /// The client's address as seen by the gateway (the TCP peer).
-    pub client_ip: String,
+    pub client_ip: IpAddr,
     /// Serial of the bundle that served the request.
     pub bundle_serial: u64,
+}
+
+/// An API's name, version and context as usage records carry them: made once when a bundle
+/// loads and shared by every record of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiLabels {
+    pub name: String,
+    pub version: String,
+    pub context: String,
+}
+
+/// The method as a record carries it: the standard ones without an allocation.
+pub fn method_label(m: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] =
+        ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT"];
+    match STANDARD.iter().find(|s| **s == m) {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(m.to_owned()),
+    }
+}
+
+/// Appends `s` as a JSON string (RFC 8259 §7): quotes, backslashes and control characters
+/// escaped, everything else as it is (the input is UTF-8 already). Escapes as serde_json writes
+/// them, so records read the same whichever wrote them.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.extend_from_slice(&b[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(c >> 4)],
+                    HEX[usize::from(c & 15)],
+                ]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_u64(out: &mut Vec<u8>, v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// A finite number as serde_json writes it (shortest round-trip form); null otherwise, as JSON
+/// has no NaN or infinity.
+fn json_f64(out: &mut Vec<u8>, v: f64) {
+    if serde_json::to_writer(&mut *out, &v).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+fn json_bool(out: &mut Vec<u8>, v: bool) {
+    out.extend_from_slice(if v { b"true" } else { b"false" });
+}
+
+impl UsageEvent {
+    /// Appends this request's NDJSON line (with its newline) as the spooler writes it: `kind`
+    /// first, the fields of the product brief in its order, `device_id` last.
+    pub fn write_line(&self, device_id: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(REQUEST_LINE_PREFIX);
+        out.extend_from_slice(b"\"ts\":\"");
+        out.extend_from_slice(&self.ts.rfc3339());
+        out.extend_from_slice(b"\",\"request_id\":");
+        json_str(out, &self.request_id);
+        let api = self.api.as_deref();
+        out.extend_from_slice(b",\"api\":");
+        json_opt_str(out, api.map(|a| a.name.as_str()));
+        out.extend_from_slice(b",\"api_version\":");
+        json_opt_str(out, api.map(|a| a.version.as_str()));
+        out.extend_from_slice(b",\"context\":");
+        json_opt_str(out, api.map(|a| a.context.as_str()));
+        out.extend_from_slice(b",\"resource\":");
+        json_str(out, &self.resource);
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, &self.method);
+        out.extend_from_slice(b",\"status\":");
+        json_u64(out, u64::from(self.status));
+        out.extend_from_slice(b",\"app_id\":");
+        json_opt_str(out, self.app_id.as_deref());
+        out.extend_from_slice(b",\"app_name\":");
+        json_opt_str(out, self.app_name.as_deref());
+        out.extend_from_slice(b",\"subscriber\":");
+        json_opt_str(out, self.subscriber.as_deref());
+        out.extend_from_slice(b",\"keytype\":");
+        json_opt_str(out, self.keytype);
+        out.extend_from_slice(b",\"tier\":");
+        json_opt_str(out, self.tier.as_deref());
+        out.extend_from_slice(b",\"throttled\":");
+        json_bool(out, self.throttled);
+        out.extend_from_slice(b",\"over_quota\":");
+        json_bool(out, self.over_quota);
+        out.extend_from_slice(b",\"error_code\":");
+        match self.error_code {
+            Some(c) => json_u64(out, u64::from(c)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"error_detail\":");
+        json_opt_str(out, self.error_detail.as_deref());
+        out.extend_from_slice(b",\"latency_ms\":");
+        json_f64(out, self.latency_ms);
+        out.extend_from_slice(b",\"backend_latency_ms\":");
+        match self.backend_latency_ms {
+            Some(v) => json_f64(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"request_bytes\":");
+        json_u64(out, self.request_bytes);
+        out.extend_from_slice(b",\"response_bytes\":");
+        json_u64(out, self.response_bytes);
+        out.extend_from_slice(b",\"client_ip\":\"");
+        // An address's text is digits, dots, hex and colons: nothing to escape.
+        let _ = write!(out, "{}", self.client_ip);
+        out.extend_from_slice(b"\",\"bundle_serial\":");
+        json_u64(out, self.bundle_serial);
+        out.extend_from_slice(b",\"device_id\":");
+        json_str(out, device_id);
+        out.extend_from_slice(b"}\n");
+    }
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -212,16 +376,18 @@ impl UsageEvent {
         UsageEvent {
             ts,
             request_id: format!("{:016x}{:016x}-{n}", r, r2),
-            api: Some(api.to_owned()),
-            api_version: Some(version.to_owned()),
-            context: Some(context.to_owned()),
+            api: Some(Arc::new(ApiLabels {
+                name: api.to_owned(),
+                version: version.to_owned(),
+                context: context.to_owned(),
+            })),
             resource: resource.to_owned(),
-            method: if (r >> 32) % 4 == 0 { "POST" } else { "GET" }.to_owned(),
+            method: Cow::Borrowed(if (r >> 32) % 4 == 0 { "POST" } else { "GET" }),
             status,
             app_id: authenticated.then(|| format!("app-{app:04}")),
             app_name: authenticated.then(|| format!("Line controller {app}")),
             subscriber: authenticated.then(|| format!("operator{}@factory.example", app % 7)),
-            keytype: authenticated.then(|| if app == 0 { "SANDBOX" } else { "PRODUCTION" }.to_owned()),
+            keytype: authenticated.then_some(if app == 0 { "SANDBOX" } else { "PRODUCTION" }),
             tier: authenticated.then(|| {
                 ["Gold", "Silver", "Bronze", "Unlimited"][usize::try_from(app % 4).unwrap_or(0)].to_owned()
             }),
@@ -233,23 +399,18 @@ impl UsageEvent {
             backend_latency_ms: backend.then_some(backend_ms),
             request_bytes: if (r >> 32) % 4 == 0 { 180 + (r2 >> 20) % 900 } else { 0 },
             response_bytes: 64 + (r2 >> 30) % 4000,
-            client_ip: format!("10.20.{}.{}", (r >> 40) % 4, (r >> 48) % 250 + 1),
+            client_ip: IpAddr::V4(std::net::Ipv4Addr::new(
+                10,
+                20,
+                u8::try_from((r >> 40) % 4).unwrap_or(0),
+                u8::try_from((r >> 48) % 250 + 1).unwrap_or(1),
+            )),
             bundle_serial: 17,
         }
     }
 }
 
 /// The written form of a request: `kind`, the event, the device.
-#[derive(Serialize)]
-pub(crate) struct RequestRecord<'a> {
-    pub kind: &'static str,
-    #[serde(flatten)]
-    pub event: &'a UsageEvent,
-    pub device_id: &'a str,
-}
-
-/// The prefix every request line starts with (serde writes fields in declaration order): how
-/// the cap counts the request records of a file it deletes.
 pub(crate) const REQUEST_LINE_PREFIX: &[u8] = br#"{"kind":"request","#;
 
 /// What the spool lost since the last `usage_dropped` record.
@@ -344,16 +505,18 @@ mod tests {
         let e = UsageEvent {
             ts: Timestamp(1_795_896_000_123),
             request_id: "r1".into(),
-            api: Some("PizzaShack".into()),
-            api_version: Some("1.0.0".into()),
-            context: Some("/pizzashack/1.0.0".into()),
+            api: Some(Arc::new(ApiLabels {
+                name: "PizzaShack".into(),
+                version: "1.0.0".into(),
+                context: "/pizzashack/1.0.0".into(),
+            })),
             resource: "/menu".into(),
-            method: "GET".into(),
+            method: method_label("GET"),
             status: 200,
             app_id: None,
             app_name: None,
             subscriber: None,
-            keytype: Some("PRODUCTION".into()),
+            keytype: Some("PRODUCTION"),
             tier: Some("Gold".into()),
             throttled: false,
             over_quota: false,
@@ -363,11 +526,13 @@ mod tests {
             backend_latency_ms: Some(0.5),
             request_bytes: 0,
             response_bytes: 123,
-            client_ip: "10.0.0.9".into(),
+            client_ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9)),
             bundle_serial: 17,
         };
-        let line = serde_json::to_string(&RequestRecord { kind: "request", event: &e, device_id: "dev" })
-            .expect("json");
+        let mut out = Vec::new();
+        e.write_line("dev", &mut out);
+        assert_eq!(out.pop(), Some(b'\n'));
+        let line = String::from_utf8(out).expect("utf-8");
         assert!(line.as_bytes().starts_with(REQUEST_LINE_PREFIX), "{line}");
         assert_eq!(
             line,
@@ -384,5 +549,63 @@ mod tests {
             serde_json::to_string(&loss).expect("json"),
             r#"{"kind":"usage_dropped","ts":"1970-01-01T00:00:00.000Z","device_id":"dev","bundle_serial":null,"events_queue_full":3,"events_write_failed":0,"events_capped":0,"files_capped":0,"bytes_capped":0}"#
         );
+    }
+
+    /// The line as serde_json reads it back, for every field, over synthetic records and over
+    /// strings with every escape JSON has (quotes, backslashes, each control character, non-ASCII,
+    /// `\u{2028}`), and each string escaped byte for byte as serde_json escapes it.
+    #[test]
+    fn request_lines_read_back_as_written() {
+        use serde_json::{Value, json};
+        let nasty: String = (0u8..0x20).map(char::from).chain("\"\\/é€😀\u{2028}\u{7f}".chars()).collect();
+        for n in 0..500u64 {
+            let mut e = UsageEvent::synthetic(n, Timestamp(1_795_896_000_000 + n * 7919));
+            if n % 3 == 0 {
+                e.resource = format!("/x/{nasty}/{n}");
+                e.app_name = Some(nasty.clone());
+                e.method = method_label("PURGE");
+                e.client_ip = "2001:db8::7".parse().expect("address");
+                e.error_detail = Some(format!("backend said \"{nasty}\""));
+                e.latency_ms = f64::NAN;
+            }
+            if n % 5 == 0 {
+                e.api = None;
+                e.backend_latency_ms = Some(1e-7 * n as f64);
+            }
+            let mut out = Vec::new();
+            e.write_line("dev\u{1}", &mut out);
+            assert_eq!(out.last(), Some(&b'\n'));
+            assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line per record");
+            let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+            // Through serde_json's own text and parser, as its float parsing rounds differently.
+            let num = |f: f64| {
+                if f.is_finite() {
+                    serde_json::from_str::<Value>(&serde_json::to_string(&f).expect("json")).expect("number")
+                } else {
+                    Value::Null
+                }
+            };
+            let expected = json!({
+                "kind": "request", "ts": e.ts.to_string(), "request_id": e.request_id,
+                "api": e.api.as_ref().map(|a| &a.name), "api_version": e.api.as_ref().map(|a| &a.version),
+                "context": e.api.as_ref().map(|a| &a.context), "resource": e.resource,
+                "method": e.method, "status": e.status, "app_id": e.app_id, "app_name": e.app_name,
+                "subscriber": e.subscriber, "keytype": e.keytype, "tier": e.tier,
+                "throttled": e.throttled, "over_quota": e.over_quota, "error_code": e.error_code,
+                "error_detail": e.error_detail, "latency_ms": num(e.latency_ms),
+                "backend_latency_ms": e.backend_latency_ms.map(num),
+                "request_bytes": e.request_bytes, "response_bytes": e.response_bytes,
+                "client_ip": e.client_ip.to_string(), "bundle_serial": e.bundle_serial,
+                "device_id": "dev\u{1}",
+            });
+            assert_eq!(v, expected, "record {n}");
+            let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+            assert_eq!(keys.len(), 25);
+            let text = String::from_utf8(out.clone()).expect("utf-8");
+            for s in [Some(&e.resource), Some(&e.request_id), e.app_name.as_ref()].into_iter().flatten() {
+                let escaped = serde_json::to_string(s).expect("json");
+                assert!(text.contains(&escaped), "{s:?} escaped as serde_json does: {escaped}");
+            }
+        }
     }
 }

@@ -41,11 +41,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 pub use config::UsageConfig;
-pub use event::{Loss, Timestamp, UsageEvent};
+pub use event::{ApiLabels, Loss, Timestamp, UsageEvent, method_label};
 pub use export::{ExportReport, export};
 pub use metrics::{MetricsSnapshot, UsageMetrics};
 pub use spool::{Recovery, recover};
-pub use writer::{BATCH_MAX_BYTES, RETRY_AFTER_IO_ERROR};
+pub use writer::{BATCH_MAX_BYTES, COMPRESSION, RETRY_AFTER_IO_ERROR};
 
 use metrics::add;
 use writer::{Msg, Writer, WriterWake};

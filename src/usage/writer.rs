@@ -17,7 +17,7 @@ use flate2::Compression;
 
 use super::Clock;
 use super::config::UsageConfig;
-use super::event::{Loss, LossRecord, RequestRecord, UsageEvent};
+use super::event::{Loss, LossRecord, UsageEvent};
 use super::gzip::MemberEncoder;
 use super::metrics::{UsageMetrics, add};
 use super::spool::{self, PART_SUFFIX, SpoolFile};
@@ -32,10 +32,12 @@ pub const RETRY_AFTER_IO_ERROR: Duration = Duration::from_secs(5);
 /// The writer re-reads the directory this often, so the spool gauges and the cap see files the
 /// uploader or an export removed.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
-/// zlib level 6. Measured (`benches/usage.rs`, synthetic records of ~550 bytes): about 51 KB of
-/// flash per 1,000 requests against 68 KB at level 1, for a writer that still sustains ~100k
-/// events/s on the development machine (level 1 compresses ~7x faster). Flash wear wins.
-pub const COMPRESSION: u32 = 6;
+/// zlib level 4. Measured in one run (`cargo bench --bench usage`, synthetic records of ~590 bytes
+/// in members of 1,000): against level 6, level 4 takes 0.49x the compressor's time for 1.07x the
+/// flash (55 KB per 1,000 requests against 52 KB); level 2 takes 0.34x for 1.28x, level 1 0.16x for
+/// 1.54x. Level 6's compressor was 8% of a proxied request's CPU (`bench/cost.sh` under perf); level
+/// 4 halves that at little wear, while the faster levels would write a third to a half more to flash.
+pub const COMPRESSION: u32 = 4;
 
 /// While events arrive, the writer looks at the queue this often; each look that finds nothing
 /// doubles the wait, up to [`POLL_IDLE`]. Senders never wake it per event (a wake costs the
@@ -365,25 +367,21 @@ impl Writer {
             return;
         }
         self.line.clear();
-        let record = RequestRecord { kind: "request", event: e, device_id: &self.device_id };
-        // Serialising to a Vec fails only on a non-string map key; none exist here.
-        if serde_json::to_writer(&mut self.line, &record).is_err() {
-            self.pending.events_write_failed += 1;
-            add(&self.metrics.events_dropped_write_failed, 1);
-            return;
-        }
-        self.line.push(b'\n');
+        e.write_line(&self.device_id, &mut self.line);
         if let Err(e) = self.enc.write(&self.line) {
             self.drop_batch_failed(&e);
             return;
         }
         self.batch_events += 1;
-        let now = Instant::now();
-        self.batch_since.get_or_insert(now);
+        // The clock is read when a batch starts, not per event: the flush deadline runs from
+        // the batch's first event, and the periodic look (`maintain`) reads it anyway.
+        if self.batch_since.is_none() {
+            self.batch_since = Some(Instant::now());
+        }
         // Never more uncompressed than `rotate_bytes` either, so a member is at most about a
         // file's size and always fits under the cap (validated: rotate_bytes <= half of it).
         if self.enc.input_bytes() >= BATCH_MAX_BYTES.min(self.cfg.rotate_bytes) {
-            self.flush(now);
+            self.flush(Instant::now());
         }
     }
 
