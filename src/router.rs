@@ -75,9 +75,12 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotOrigin);
     }
-    let mut segments: Vec<String> = Vec::new();
+    // One string, written segment by segment: a segment never holds `/` (`%2F` is refused), so
+    // `..` removes back to the last `/` written.
+    let mut path = String::with_capacity(raw.len() + 1);
     for seg in raw.split('/') {
-        let mut out = String::with_capacity(seg.len());
+        let mark = path.len();
+        path.push('/');
         let bytes = seg.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
@@ -97,11 +100,11 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
                     return Err(PathError::Ambiguous);
                 }
                 if is_unreserved(v) {
-                    out.push(char::from(v));
+                    path.push(char::from(v));
                 } else {
-                    out.push('%');
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
-                    out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+                    path.push('%');
+                    path.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
+                    path.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
                 }
                 i += 3;
             } else if b == b'\\' {
@@ -109,35 +112,33 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
             } else if b >= 0x80 {
                 // Raw non-ASCII bytes (hyper passes UTF-8 through) are percent-encoded, so the
                 // path stays ASCII and byte-exact.
-                out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xf)]));
+                path.push('%');
+                path.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                path.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xf)]));
                 i += 1;
             } else {
-                out.push(char::from(b));
+                path.push(char::from(b));
                 i += 1;
             }
         }
+        let written = path.get(mark + 1..).unwrap_or("");
         // `admin;x` is `admin` to a servlet container (and `..;x` is `..`): routing on `admin;x`
         // would check one resource and forward to another.
-        if out.contains(';') {
+        if written.contains(';') {
             return Err(PathError::PathParameter);
         }
-        match out.as_str() {
-            "" | "." => {}
+        match written {
+            "" | "." => path.truncate(mark),
             ".." => {
-                segments.pop();
+                path.truncate(mark);
+                let parent = path.rfind('/').unwrap_or(0);
+                path.truncate(parent);
             }
-            _ => segments.push(out),
+            _ => {}
         }
     }
-    if segments.is_empty() {
-        return Ok("/".into());
-    }
-    let mut path = String::with_capacity(raw.len());
-    for s in &segments {
+    if path.is_empty() {
         path.push('/');
-        path.push_str(s);
     }
     // Percent-encoding raw non-ASCII triples its length: the limit holds for what is routed and
     // forwarded too, which also keeps normalisation idempotent (found by fuzz/ `router`).
@@ -524,5 +525,108 @@ mod tests {
         assert_eq!(r.route("/p/order/42", "get"), Err(miss), "methods are case-sensitive");
         assert_eq!(r.route("/p/order", "GET"), Err(Miss::NotFound));
         assert_eq!(r.route("/nope", "GET"), Err(Miss::NotFound));
+    }
+
+    /// The segment-by-segment normaliser this one replaced (a string per segment), kept as the
+    /// reference: on any path, both give the same answer.
+    fn reference(raw: &str) -> Result<String, PathError> {
+        if raw.len() > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
+        if !raw.starts_with('/') {
+            return Err(PathError::NotOrigin);
+        }
+        let mut segments: Vec<String> = Vec::new();
+        for seg in raw.split('/') {
+            let mut out = String::with_capacity(seg.len());
+            let bytes = seg.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                let b = bytes[i];
+                if b == b'%' {
+                    let (Some(h), Some(l)) = (
+                        bytes.get(i + 1).copied().and_then(hex_val),
+                        bytes.get(i + 2).copied().and_then(hex_val),
+                    ) else {
+                        return Err(PathError::BadEncoding);
+                    };
+                    let v = h * 16 + l;
+                    if v == 0 {
+                        return Err(PathError::BadEncoding);
+                    }
+                    if v == b'/' || v == b'\\' {
+                        return Err(PathError::Ambiguous);
+                    }
+                    if is_unreserved(v) {
+                        out.push(char::from(v));
+                    } else {
+                        out.push('%');
+                        out.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
+                        out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+                    }
+                    i += 3;
+                } else if b == b'\\' {
+                    return Err(PathError::Ambiguous);
+                } else if b >= 0x80 {
+                    // Raw non-ASCII bytes (hyper passes UTF-8 through) are percent-encoded, so the
+                    // path stays ASCII and byte-exact.
+                    out.push('%');
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                    out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 0xf)]));
+                    i += 1;
+                } else {
+                    out.push(char::from(b));
+                    i += 1;
+                }
+            }
+            // `admin;x` is `admin` to a servlet container (and `..;x` is `..`): routing on `admin;x`
+            // would check one resource and forward to another.
+            if out.contains(';') {
+                return Err(PathError::PathParameter);
+            }
+            match out.as_str() {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                _ => segments.push(out),
+            }
+        }
+        if segments.is_empty() {
+            return Ok("/".into());
+        }
+        let mut path = String::with_capacity(raw.len());
+        for s in &segments {
+            path.push('/');
+            path.push_str(s);
+        }
+        // Percent-encoding raw non-ASCII triples its length: the limit holds for what is routed and
+        // forwarded too, which also keeps normalisation idempotent (found by fuzz/ `router`).
+        if path.len() > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
+        Ok(path)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn normalisation_matches_the_reference(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::Just("/"), proptest::prelude::Just("."), proptest::prelude::Just(".."),
+                    proptest::prelude::Just("a"), proptest::prelude::Just("%2e"), proptest::prelude::Just("%2E%2e"),
+                    proptest::prelude::Just("%2F"), proptest::prelude::Just("%41"), proptest::prelude::Just("%3b"),
+                    proptest::prelude::Just(";"), proptest::prelude::Just("\\"), proptest::prelude::Just("é"),
+                    proptest::prelude::Just("%"), proptest::prelude::Just("%0"), proptest::prelude::Just("%00"),
+                    proptest::prelude::Just("~x-_"), proptest::prelude::Just("%7e"), proptest::prelude::Just("//"),
+                ],
+                0..24,
+            ),
+            lead in proptest::bool::weighted(0.9),
+        ) {
+            let raw = format!("{}{}", if lead { "/" } else { "" }, parts.concat());
+            proptest::prop_assert_eq!(normalize_path(&raw), reference(&raw), "{}", raw);
+        }
     }
 }

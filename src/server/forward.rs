@@ -167,9 +167,10 @@ pub fn backend_head(
     parts.version = hyper::Version::HTTP_11;
 }
 
-/// Fills the usage record with what the pipeline learnt: API, resource, caller.
-fn note(active: &Active, decision: &Decision<'_>, record: &mut UsageEvent) {
-    record.resource.clone_from(&decision.resource);
+/// Fills the usage record with what the pipeline learnt: API, resource (moved out of the
+/// decision), caller.
+fn note(active: &Active, decision: &mut Decision<'_>, record: &mut UsageEvent) {
+    record.resource = std::mem::take(&mut decision.resource);
     if let Some(r) = &decision.routed {
         record.api = active.labels.get(r.index).cloned();
     }
@@ -289,7 +290,7 @@ impl Gateway {
             return Err(Refusal::NotReady);
         }
         let mut decision = pipeline::decide(active, Head::of(&req), peer, now);
-        note(active, &decision, record);
+        note(active, &mut decision, record);
         if let Some(c) = decision.routed.and_then(|r| active.counters.of(r.index)) {
             counts.clone_from(c);
         }

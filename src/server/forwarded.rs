@@ -165,13 +165,18 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
 
 /// One `Forwarded` element (RFC 7239 §4) for this hop.
 fn forwarded_element(peer: IpAddr, proto: &str, host: Option<&HeaderValue>) -> String {
-    let mut e = match canonical(peer) {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    use std::fmt::Write as _;
+    let host = host.and_then(|h| h.to_str().ok());
+    let mut e = String::with_capacity(64 + host.map_or(0, str::len));
+    let _ = match canonical(peer) {
+        IpAddr::V4(v4) => write!(e, "for={v4}"),
+        IpAddr::V6(v6) => write!(e, "for=\"[{v6}]\""),
     };
-    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+    if let Some(h) = host {
         // A valid authority has no '"' or '\\'; quoted because ':' is not a token character.
-        e.push_str(&format!(";host=\"{h}\""));
+        e.push_str(";host=\"");
+        e.push_str(h);
+        e.push('"');
     }
     e.push_str(";proto=");
     e.push_str(proto);
@@ -227,22 +232,26 @@ pub fn set_forwarding(
     } else {
         (peer_text.clone(), ours, None, None, None)
     };
-    for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_REAL_IP, &header::FORWARDED] {
-        headers.remove(name);
-    }
-    let text = |s: &str| HeaderValue::from_str(s).ok();
-    if let Some(v) = text(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if let Some(v) = text(&fwd) {
-        headers.insert(header::FORWARDED, v);
-    }
-    headers.insert(X_FORWARDED_PROTO, xfp.unwrap_or(HeaderValue::from_static(proto)));
-    if let Some(h) = xfh.or_else(|| host.cloned()) {
-        headers.insert(X_FORWARDED_HOST, h);
-    }
-    if let Some(v) = real.or_else(|| text(&peer_text)) {
-        headers.insert(X_REAL_IP, v);
+    // `insert` replaces every value the client sent; a header with nothing to say is removed.
+    // The strings become the values without a copy.
+    let text = |s: String| HeaderValue::try_from(s).ok();
+    let real = real.or_else(|| text(peer_text));
+    let values = [
+        (X_FORWARDED_FOR, text(xff)),
+        (header::FORWARDED, text(fwd)),
+        (X_FORWARDED_PROTO, Some(xfp.unwrap_or(HeaderValue::from_static(proto)))),
+        (X_FORWARDED_HOST, xfh.or_else(|| host.cloned())),
+        (X_REAL_IP, real),
+    ];
+    for (name, value) in values {
+        match value {
+            Some(v) => {
+                headers.insert(name, v);
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
     }
 }
 
