@@ -1,4 +1,4 @@
-# Helpers shared by bench/pipeline.sh, bench/slow_heads.sh and bench/soak.sh (sourced, not run).
+# Helpers shared by the scripts under bench/ (sourced, not run).
 #
 # They expect `set -euo pipefail`, the repository root as the working directory, and `$work`
 # (a scratch directory the caller removes on exit).
@@ -111,4 +111,57 @@ stop_gatelet() {
   wait "$pid"
   stopped_rc=$?
   set -e
+}
+
+# haproxy_jwt PORT BACKEND_PORT: the HAProxy 2.6 the benches compare with, verifying ES256 JWTs
+# (HAProxy has no EdDSA) with a stick table counting requests per token subject, in front of the
+# backend; pinned to CPU 0 with one thread. Sets $es_token (a valid token for it) and $haproxy_pid.
+haproxy_jwt() {
+  local port=$1 bport=$2
+  openssl ecparam -name prime256v1 -genkey -noout -out "$work/es.key" 2>/dev/null
+  openssl ec -in "$work/es.key" -pubout -out "$work/es.pub" 2>/dev/null
+  es_token=$(python3 - "$work/es.key" <<'PY'
+import base64, json, subprocess, sys, time
+def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+h = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+p = b64(json.dumps({"iss": "https://bench/", "sub": "bench", "exp": int(time.time()) + 3600}).encode())
+der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", sys.argv[1]], input=f"{h}.{p}".encode(), capture_output=True, check=True).stdout
+# DER ECDSA signature (30 len 02 rlen r 02 slen s) → raw r||s, the JWS form.
+i = 2 if der[1] < 0x80 else 3
+rl = der[i + 1]; r = der[i + 2:i + 2 + rl]; i += 2 + rl
+sl = der[i + 1]; s = der[i + 2:i + 2 + sl]
+r = r.lstrip(b"\0").rjust(32, b"\0"); s = s.lstrip(b"\0").rjust(32, b"\0")
+print(f"{h}.{p}.{b64(r + s)}")
+PY
+)
+  cat >"$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$port
+  stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str ES256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("ES256","$work/es.pub") -m int 1 }
+  http-request track-sc0 var(txn.bearer),jwt_payload_query('\$.sub')
+  http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000000 }
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:$bport
+CFG
+  taskset -c 0 haproxy -f "$work/haproxy.cfg" &
+  haproxy_pid=$!
+  local _
+  for _ in $(seq 50); do
+    curl -sf -H "Authorization: Bearer $es_token" "http://127.0.0.1:$port/hello" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "HAProxy did not answer on port $port"
+  return 1
 }

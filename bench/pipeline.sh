@@ -53,46 +53,7 @@ run() { # name url [header]
 }
 
 # HAProxy 2.6: jwt_verify with an ES256 key, a stick table counting per token, then the backend.
-openssl ecparam -name prime256v1 -genkey -noout -out "$work/es.key" 2>/dev/null
-openssl ec -in "$work/es.key" -pubout -out "$work/es.pub" 2>/dev/null
-es_token=$(python3 - "$work/es.key" <<'PY'
-import base64, json, subprocess, sys, time
-def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-h = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
-p = b64(json.dumps({"iss": "https://bench/", "sub": "bench", "exp": int(time.time()) + 3600}).encode())
-der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", sys.argv[1]], input=f"{h}.{p}".encode(), capture_output=True, check=True).stdout
-# DER ECDSA signature (30 len 02 rlen r 02 slen s) → raw r||s, the JWS form.
-i = 2 if der[1] < 0x80 else 3
-rl = der[i + 1]; r = der[i + 2:i + 2 + rl]; i += 2 + rl
-sl = der[i + 1]; s = der[i + 2:i + 2 + sl]
-r = r.lstrip(b"\0").rjust(32, b"\0"); s = s.lstrip(b"\0").rjust(32, b"\0")
-print(f"{h}.{p}.{b64(r + s)}")
-PY
-)
-cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind 127.0.0.1:18095
-  stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
-  http-request set-var(txn.bearer) http_auth_bearer
-  http-request deny deny_status 401 unless { var(txn.bearer),jwt_header_query('\$.alg') -m str ES256 }
-  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify("ES256","$work/es.pub") -m int 1 }
-  http-request track-sc0 var(txn.bearer),jwt_payload_query('\$.sub')
-  http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000000 }
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:18080
-CFG
-taskset -c 0 haproxy -f "$work/haproxy.cfg" &
-sleep 0.5
-curl -sf -H "Authorization: Bearer $es_token" http://127.0.0.1:18095/bench/1/hello >/dev/null
+haproxy_jwt 18095 18080
 
 echo "wrk: 1 thread, $conns connections, ${secs}s each"
 run direct-backend http://127.0.0.1:18080/hello
