@@ -9,10 +9,12 @@
 #
 # Each proxy runs with one worker pinned to CPU 0; the backend and wrk (1 thread, 32 connections)
 # share CPU 1. CPU per request is the proxy's utime+stime over a load (from /proc) divided by the
-# requests wrk counted. Syscalls and backend connects per request come from a second, shorter
-# load under `strace -c -f` (strace slows the proxy, so only counts per request are read from
-# it); backend connects per 1,000 requests from a window in the middle of a third load. Last, gatelet with `threads = 2` on both CPUs (sharing them with wrk and the backend), to
-# show how a second worker changes throughput and CPU per request.
+# requests wrk counted, also shown split into user and kernel time. Syscalls and backend
+# connects per request come from a second, shorter load under `strace -c -f` (strace slows the
+# proxy, so only counts per request are read from it); backend connects per 1,000 requests from
+# a window in the middle of a third load. Last, gatelet with `threads = 2` on both CPUs (sharing
+# them with wrk and the backend), to show how a second worker changes throughput and CPU per
+# request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -30,8 +32,15 @@ make_bundle "$bport"
 token=$(cat "$work/token")
 tick=$(getconf CLK_TCK)
 
-# Sum over every thread of the process, so worker threads count.
-proc_ticks() { local t=0 f; for f in /proc/"$1"/task/*/stat; do t=$((t + $(awk '{print $14 + $15}' "$f"))); done; echo "$t"; }
+# User and system ticks, summed over every thread of the process (so worker threads count).
+proc_ticks() {
+  local u=0 s=0 f fu fs
+  for f in /proc/"$1"/task/*/stat; do
+    read -r fu fs < <(awk '{print $14, $15}' "$f")
+    u=$((u + fu)); s=$((s + fs))
+  done
+  echo "$u $s"
+}
 
 # measure NAME PID URL [wrk args...]: prints and records µs/request and syscalls/request.
 measure() {
@@ -69,8 +78,10 @@ measure() {
   python3 - "$name" "$before" "$after" "$reqs" "$tick" "$calls" "$sreqs" "$rps" "$connects" >>"$work/results" <<'PY'
 import sys
 name, b, a, reqs, tick, calls, sreqs, rps, connects = sys.argv[1:]
-us = (int(a) - int(b)) / int(tick) * 1e6 / int(reqs)
-print(f"{name} {us:.1f} {int(calls) / int(sreqs):.1f} {float(rps):.0f} {float(connects):.2f}")
+(bu, bs), (au, as_) = map(int, b.split()), map(int, a.split())
+per = lambda t: t / int(tick) * 1e6 / int(reqs)
+user, system = per(au - bu), per(as_ - bs)
+print(f"{name} {user + system:.1f} {int(calls) / int(sreqs):.1f} {float(rps):.0f} {float(connects):.2f} {user:.1f} {system:.1f}")
 PY
   echo "top system calls of $name (calls per request):"
   awk -v n="$sreqs" 'NR > 2 && $NF != "total" && $1 !~ /^-/ {printf "  %-16s %6.2f\n", $NF, $4 / n}' "$work/$name.strace" | sort -k2 -rn | head -8
@@ -151,9 +162,9 @@ import sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {r[0]: r for r in rows}
 base = by["nginx"]
-print(f"{'proxy':18} {'req/s':>8} {'CPU µs/req':>11} {'vs nginx':>9} {'syscalls/req':>13} {'vs nginx':>9} {'connects/1k req':>16}")
-for name, us, sc, rps, conn in rows:
-    print(f"{name:18} {rps:>8} {us:>11} {float(us)/float(base[1]):>8.2f}x {sc:>13} {float(sc)/float(base[2]):>8.2f}x {conn:>16}")
+print(f"{'proxy':18} {'req/s':>8} {'CPU µs/req':>11} {'(user':>6} {'kernel)':>8} {'vs nginx':>9} {'syscalls/req':>13} {'vs nginx':>9} {'connects/1k req':>16}")
+for name, us, sc, rps, conn, user, system in rows:
+    print(f"{name:18} {rps:>8} {us:>11} {user:>6} {system:>8} {float(us)/float(base[1]):>8.2f}x {sc:>13} {float(sc)/float(base[2]):>8.2f}x {conn:>16}")
 g, h = by["gatelet"], by["haproxy-jwt"]
 print()
 print(f"targets (issue 11), gatelet threads = 1:")
