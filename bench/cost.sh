@@ -12,9 +12,9 @@
 # requests wrk counted, also shown split into user and kernel time. Syscalls and backend
 # connects per request come from a second, shorter load under `strace -c -f` (strace slows the
 # proxy, so only counts per request are read from it); backend connects per 1,000 requests from
-# a window in the middle of a third load. Last, gatelet with `threads = 2` on both CPUs (sharing
-# them with wrk and the backend), to show how a second worker changes throughput and CPU per
-# request.
+# a window in the middle of a third load. Last, gatelet with `threads = 2`, on both CPUs (sharing
+# CPU 1 with wrk and the backend) and both on CPU 0, to show how a second worker changes
+# throughput and CPU per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -155,6 +155,10 @@ step "gatelet (this build)"
 run_gatelet gatelet "$gatelet"
 step "gatelet (this build), threads = 2 on both CPUs"
 run_gatelet gatelet-2-threads "$gatelet" 2 0,1
+# On two cores the run above shares CPU 1 with wrk and the backend, which are then the limit; two
+# workers on CPU 0 alone show what a second worker itself costs per request.
+step "gatelet (this build), threads = 2 both on CPU 0"
+run_gatelet gatelet-2-on-1-cpu "$gatelet" 2 0
 
 step "results"
 python3 - "$work/results" <<'PY'
@@ -174,5 +178,8 @@ print(f"  syscalls per request <= 8:             {float(g[2]):.1f}  {'met' if fl
 print(f"  no backend connects in steady load:    {g[4]} per 1k  {'met' if float(g[4]) == 0 else 'NOT met'}")
 if "gatelet-2-threads" in by:
     t = by["gatelet-2-threads"]
-    print(f"  threads 1 -> 2: req/s {float(t[3])/float(g[3]):.2f}x, CPU per request {float(t[1])/float(g[1]):.2f}x")
+    print(f"  threads 1 -> 2 on both CPUs: req/s {float(t[3])/float(g[3]):.2f}x, CPU per request {float(t[1])/float(g[1]):.2f}x")
+if "gatelet-2-on-1-cpu" in by:
+    t = by["gatelet-2-on-1-cpu"]
+    print(f"  threads 1 -> 2 on CPU 0:     req/s {float(t[3])/float(g[3]):.2f}x, CPU per request {float(t[1])/float(g[1]):.2f}x")
 PY
