@@ -321,7 +321,7 @@ impl Config {
             Some(path) => read_table(path)?,
             None => toml::Table::new(),
         };
-        Config::resolve_table(table, file, env, cli)
+        Config::resolve_table(table, file, gatelet_vars(env), cli)
     }
 
     /// [`Config::resolve`] with the file's text in hand; `origin` names it in error messages.
@@ -336,19 +336,19 @@ impl Config {
         if text.len() as u64 > MAX_CONFIG_FILE {
             return Err(ConfigError(format!("{}: larger than {MAX_CONFIG_FILE} bytes", origin.display())));
         }
-        Config::resolve_table(parse_table(text, origin)?, Some(origin), env, cli)
+        Config::resolve_table(parse_table(text, origin)?, Some(origin), gatelet_vars(env), cli)
     }
 
+    /// Not generic over the environment's iterator (see [`gatelet_vars`]): one copy of this
+    /// start-up code in the binary.
     fn resolve_table(
         mut table: toml::Table,
         file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
+        mut env: Vec<(String, String)>,
         cli: &Overrides,
     ) -> Result<Config, ConfigError> {
         let defaults = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError(format!("internal: defaults do not serialize: {e}")))?;
-        let mut env: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
         env.sort();
         for (name, raw) in env {
             let rest = &name[ENV_PREFIX.len()..];
@@ -458,6 +458,11 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The `GATELET_*` variables of `env`.
+fn gatelet_vars(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
 }
 
 /// `log.level` as a filter.

@@ -5,15 +5,15 @@
 //! `X-JWT-Assertion` and `X-Forwarded-*` headers can be seen), a temporary state directory, HTTP
 //! on localhost. Prints ready-to-paste `curl` lines, runs until Ctrl-C, then removes its files.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
+use crate::server::guard::Guarded;
 use crate::server::io::HyperIo;
+use crate::server::rt;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Overrides};
 use crate::keys;
@@ -76,22 +76,35 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = smol::net::TcpListener::try_from(listener)?;
+    listener.set_nonblocking(true)?;
     std::thread::Builder::new().name("gatelet-http-server".into()).spawn(move || {
-        let ex = Arc::new(smol::Executor::new());
-        smol::block_on(ex.run(async {
+        // The data plane's runtime and connection type (its framing checks off): no second copy
+        // of hyper's server in the binary for the demo.
+        let ran = rt::run(move || async move {
+            let listener = match rt::Listener::new(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("http server: {e}");
+                    return;
+                }
+            };
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                ex.spawn(async move {
+                rt::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(HyperIo::new(stream), hyper::service::service_fn(handler))
+                        .serve_connection(
+                            HyperIo::new(Guarded::passthrough(stream)),
+                            hyper::service::service_fn(handler),
+                        )
                         .await;
                 })
                 .detach();
             }
-        }));
+        });
+        if let Err(e) = ran {
+            log::error!("http server: {e}");
+        }
     })?;
     Ok(())
 }

@@ -16,20 +16,20 @@
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::server::rt::HyperTimer;
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use smol::Executor;
 use smol::stream::StreamExt;
 
 use crate::config::Config;
 use crate::daemon::{self, Listeners};
+use crate::server::body::full;
+use crate::server::guard::Guarded;
 use crate::server::io::HyperIo;
-use crate::server::{self, StartError, TlsAcceptor};
+use crate::server::{self, ProxyBody, StartError, TlsAcceptor, rt};
 use crate::state::StateStore;
 
 /// What `/readyz`, the data plane's faults, `check` and systemd's status say meanwhile.
@@ -92,9 +92,9 @@ pub fn wait_for_first_bundle(config: &Config) -> Result<Option<Listeners>, Start
     ])
     .map_err(|e| StartError(format!("signal handlers: {e}")))?;
     let listeners = Listeners::bind(config)?;
-    let executor: Arc<Executor<'static>> = Arc::new(Executor::new());
-    let limit = Arc::new(smol::lock::Semaphore::new(MAX_CONNECTIONS));
-    let head_timeout = Duration::from_millis(config.server.header_read_timeout_ms);
+    // Every socket of each group (the kernel spreads connections over them), each as a
+    // duplicate: the worker closes it when it stops, the original stays bound.
+    let mut served = Vec::new();
     for (name, group, admin, tls) in [
         ("http", &listeners.http, false, None),
         ("https", &listeners.https, false, tls),
@@ -103,15 +103,9 @@ pub fn wait_for_first_bundle(config: &Config) -> Result<Option<Listeners>, Start
         if let Some(a) = group.first().and_then(|l| l.local_addr().ok()) {
             log::info!("listening {name} {a}");
         }
-        // Every socket of the group (the kernel spreads connections over them), each as a
-        // duplicate: dropping the executor closes it, the original stays bound.
         for l in group {
-            let dup = l
-                .try_clone()
-                .and_then(smol::net::TcpListener::try_from)
-                .map_err(|e| StartError(format!("{name} listener: {e}")))?;
-            let ex = Arc::clone(&executor);
-            executor.spawn(serve(dup, admin, tls.clone(), ex, Arc::clone(&limit), head_timeout)).detach();
+            let dup = l.try_clone().map_err(|e| StartError(format!("{name} listener: {e}")))?;
+            served.push((dup, admin, tls.clone()));
         }
     }
     let inbox = config.bundle.inbox.clone();
@@ -120,26 +114,39 @@ pub fn wait_for_first_bundle(config: &Config) -> Result<Option<Listeners>, Start
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("{WAITING} in {inbox}")),
     ]);
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        executor
-            .spawn(async move {
+    let head_timeout = Duration::from_millis(config.server.header_read_timeout_ms);
+    let poll = Duration::from_millis(config.bundle.inbox_poll_ms);
+    let installed = Arc::new(AtomicBool::new(false));
+    let (config, done) = (config.clone(), Arc::clone(&installed));
+    // The data plane's runtime on this thread, with its socket, TLS and hyper types: the answers
+    // cost no second copy of the HTTP server. It stops when the inbox loop (its root) ends, which
+    // closes the duplicates and cancels the connections still open.
+    rt::run(move || async move {
+        let limit = rt::ConnLimit::new(MAX_CONNECTIONS);
+        for (l, admin, tls) in served {
+            match rt::Listener::new(l) {
+                Ok(l) => rt::spawn(serve(l, admin, tls, Arc::clone(&limit), head_timeout)).detach(),
+                Err(e) => log::error!("listener not served while {WAITING}: {e}"),
+            }
+        }
+        if let Some(period) = sd_notify::watchdog_enabled() {
+            rt::spawn(async move {
                 loop {
                     daemon::notify(&[sd_notify::NotifyState::Watchdog]);
-                    smol::Timer::after(period / 2).await;
+                    rt::Sleep::after(period / 2).await;
                 }
             })
             .detach();
-    }
-    let poll = Duration::from_millis(config.bundle.inbox_poll_ms);
-    let installed = smol::block_on(executor.run(async {
+        }
         loop {
             let (config, trusted) = (config.clone(), trusted.clone());
             if smol::unblock(move || !pending(&config) || take_first(&config, &trusted)).await {
-                return true;
+                done.store(true, Ordering::Relaxed);
+                return;
             }
             let stop = smol::future::or(
                 async {
-                    smol::Timer::after(poll).await;
+                    rt::Sleep::after(poll).await;
                     false
                 },
                 async {
@@ -162,13 +169,12 @@ pub fn wait_for_first_bundle(config: &Config) -> Result<Option<Listeners>, Start
             )
             .await;
             if stop {
-                return false;
+                return;
             }
         }
-    }));
-    // Stops the 503 answers and closes the duplicates; the bound originals go on to `start_on`.
-    drop(executor);
-    if !installed {
+    })
+    .map_err(|e| StartError(format!("serving while {WAITING}: {e}")))?;
+    if !installed.load(Ordering::Relaxed) {
         daemon::notify(&[sd_notify::NotifyState::Stopping]);
         return Ok(None);
     }
@@ -216,43 +222,44 @@ fn install(config: &Config, trusted: &[ed25519_dalek::VerifyingKey], file: &Path
 }
 
 async fn serve(
-    listener: smol::net::TcpListener,
+    listener: rt::Listener,
     admin: bool,
     tls: Option<TlsAcceptor>,
-    executor: Arc<Executor<'static>>,
-    limit: Arc<smol::lock::Semaphore>,
+    limit: Arc<rt::ConnLimit>,
     head_timeout: Duration,
 ) {
     loop {
-        let permit = limit.acquire_arc().await;
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        limit.room().await;
+        listener.readable().await;
+        let Some(permit) = limit.try_acquire() else { continue };
+        let stream = match listener.try_accept() {
+            Ok(Some((s, _))) => s,
+            Ok(None) => continue,
             Err(e) => {
+                drop(permit);
                 log::warn!("accept: {e}");
-                smol::Timer::after(Duration::from_millis(50)).await;
+                rt::Sleep::after(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let tls = tls.clone();
-        executor
-            .spawn(async move {
-                match tls {
-                    None => connection(stream, admin, head_timeout).await,
-                    Some(acceptor) => {
-                        let handshake =
-                            smol::future::or(async { Some(acceptor.accept(stream).await) }, async {
-                                smol::Timer::after(head_timeout).await;
-                                None
-                            })
-                            .await;
-                        if let Some(Ok(s)) = handshake {
-                            connection(s, admin, head_timeout).await;
-                        }
+        rt::spawn(async move {
+            match tls {
+                None => connection(stream, admin, head_timeout).await,
+                Some(acceptor) => {
+                    let handshake = smol::future::or(async { Some(acceptor.accept(stream).await) }, async {
+                        rt::Sleep::after(head_timeout).await;
+                        None
+                    })
+                    .await;
+                    if let Some(Ok(s)) = handshake {
+                        connection(s, admin, head_timeout).await;
                     }
                 }
-                drop(permit);
-            })
-            .detach();
+            }
+            drop(permit);
+        })
+        .detach();
     }
 }
 
@@ -263,17 +270,19 @@ where
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
         Ok::<_, Infallible>(answer(&req, admin))
     });
-    // One request per connection: nothing is held open across the hand-over to the real start.
+    // The data plane's connection type, with its framing checks off: every answer here is a
+    // fixed one. One request per connection: nothing is held open across the hand-over.
+    let io = HyperIo::new(Guarded::passthrough(stream));
     let _ = hyper::server::conn::http1::Builder::new()
-        .timer(HyperTimer)
+        .timer(rt::HyperTimer)
         .header_read_timeout(head_timeout)
         .keep_alive(false)
-        .serve_connection(HyperIo::new(stream), service)
+        .serve_connection(io, service)
         .await;
 }
 
 /// The answer to every request while waiting.
-pub fn answer<B>(req: &Request<B>, admin: bool) -> Response<Full<Bytes>> {
+pub fn answer<B>(req: &Request<B>, admin: bool) -> Response<ProxyBody> {
     let (status, body) = if !admin {
         let fault = serde_json::json!({"fault": {
             "code": 101503, "message": "Service Unavailable", "description": WAITING}});
@@ -285,7 +294,7 @@ pub fn answer<B>(req: &Request<B>, admin: bool) -> Response<Full<Bytes>> {
             "/metrics" => {
                 let text = "# HELP gatelet_waiting_for_first_bundle 1 until the first bundle is installed.\n\
                             # TYPE gatelet_waiting_for_first_bundle gauge\ngatelet_waiting_for_first_bundle 1\n";
-                let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+                let mut r = Response::new(full(Bytes::from_static(text.as_bytes())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -295,7 +304,7 @@ pub fn answer<B>(req: &Request<B>, admin: bool) -> Response<Full<Bytes>> {
             _ => (StatusCode::NOT_FOUND, r#"{"status":"not found"}"#.to_owned()),
         }
     };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

@@ -600,6 +600,15 @@ impl<S> Guarded<S> {
         }
     }
 
+    /// A guard that checks nothing: bytes pass through unchanged. For the fixed answers given
+    /// before the first bundle ([`crate::provision`]), which share the data plane's connection
+    /// type (and so its one copy of hyper's server) but not its framing rules.
+    pub fn passthrough(inner: S) -> Self {
+        let mut g = Guarded::new(inner, usize::MAX);
+        g.framing = Framing::Passthrough;
+        g
+    }
+
     /// Serves `prefix` (bytes already read from `inner`) before reading more; they go through
     /// the framing checks like any other bytes.
     pub fn with_prefix(mut self, prefix: Vec<u8>) -> Self {

@@ -182,8 +182,8 @@ pub fn on_worker() -> bool {
     local().is_some()
 }
 
-/// Runs `future` as a task of the calling thread's worker; off a worker (tests, tools), on smol's
-/// global executor instead.
+/// Runs `future` as a task of the calling thread's worker; off a worker (tests, tools), on one
+/// executor thread shared by them instead.
 pub fn spawn<F>(future: F) -> Task<F::Output>
 where
     F: Future + Send + 'static,
@@ -196,8 +196,26 @@ where
             runnable.schedule();
             task
         }
-        None => smol::spawn(future),
+        // Boxed: one copy of the executor's task code for every future type (their outputs are
+        // `()` or close to it) instead of one per type; only tests and tools take this way.
+        None => off_worker().spawn(Box::pin(future) as Pin<Box<dyn Future<Output = F::Output> + Send>>),
     }
+}
+
+/// The executor of tasks spawned off a worker: one thread, started at first use. (smol's global
+/// executor is the same, plus a child-process reaper gatelet has no use for.)
+fn off_worker() -> &'static smol::Executor<'static> {
+    static EXECUTOR: smol::Executor<'static> = smol::Executor::new();
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let started = std::thread::Builder::new()
+            .name("gatelet-tasks".into())
+            .spawn(|| smol::block_on(EXECUTOR.run(std::future::pending::<()>())));
+        if let Err(e) = started {
+            log::error!("no thread for tasks off the workers: {e}");
+        }
+    });
+    &EXECUTOR
 }
 
 /// Runs a worker on the calling thread: `root()` is spawned as its first task (it can register

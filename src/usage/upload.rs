@@ -488,12 +488,18 @@ impl Uploader {
                 .connect(self.target.host.as_str(), tcp)
                 .await
                 .map_err(|e| UploadError::Tls(e.to_string()))?;
-            exchange(HyperIo::new(tls), req).await
+            exchange(HyperIo::new(Box::new(tls)), req).await
         } else {
-            exchange(HyperIo::new(tcp), req).await
+            exchange(HyperIo::new(Box::new(tcp)), req).await
         }
     }
 }
+
+/// A connection to the collector, plain or TLS. One type for both: a virtual call per read and
+/// write (an upload a minute at most) saves a second copy of hyper's client in the binary.
+trait Connection: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send {}
+
+impl<T: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin + Send> Connection for T {}
 
 /// The start of a refusal's body, for the log line: best effort, at most [`ERROR_BODY_KEPT`]
 /// bytes and [`ERROR_BODY_WAIT`]; a body cut short or stalled gives what arrived.
@@ -521,10 +527,10 @@ async fn body_start(mut body: hyper::body::Incoming) -> String {
 
 /// One request on a fresh HTTP/1.1 connection; returns the status and, for anything but a 2xx,
 /// the start of the body. A 2xx body is never read: the status line is the acknowledgement.
-async fn exchange<I>(io: I, req: Request<Full<Bytes>>) -> Result<(StatusCode, String), UploadError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+async fn exchange(
+    io: HyperIo<Box<dyn Connection>>,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, String), UploadError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     let request = async {
         let resp = sender.send_request(req).await?;
