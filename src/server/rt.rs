@@ -485,25 +485,37 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+impl Stream {
+    /// One write of `len` bytes by `send`, when the socket is writable: a short write means the
+    /// send buffer is full, so writability is forgotten until the next edge.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        len: usize,
+        mut send: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            if this.reg.poll_writable(cx).is_pending() {
+            if self.reg.poll_writable(cx).is_pending() {
                 return Poll::Pending;
             }
-            match (&this.io).write(buf) {
+            match send(&self.io) {
                 Ok(n) => {
-                    if n < buf.len() {
-                        this.reg.not_writable();
+                    if n < len {
+                        self.reg.not_writable();
                     }
                     return Poll::Ready(Ok(n));
                 }
-                Err(e) if would_block(&e) => this.reg.not_writable(),
+                Err(e) if would_block(&e) => self.reg.not_writable(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_send(cx, buf.len(), |mut io| io.write(buf))
     }
 
     fn poll_write_vectored(
@@ -511,24 +523,8 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        loop {
-            if this.reg.poll_writable(cx).is_pending() {
-                return Poll::Pending;
-            }
-            match (&this.io).write_vectored(bufs) {
-                Ok(n) => {
-                    if n < total {
-                        this.reg.not_writable();
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if would_block(&e) => this.reg.not_writable(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        self.get_mut().poll_send(cx, total, |mut io| io.write_vectored(bufs))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
