@@ -33,16 +33,22 @@ token=$(cat "$work/token")
 tick=$(getconf CLK_TCK)
 
 # User and system ticks, summed over every thread of the process (so worker threads count).
+# PIDS: one process id, or several separated by commas (nginx's workers).
 proc_ticks() {
-  local u=0 s=0 f fu fs
-  for f in /proc/"$1"/task/*/stat; do
-    read -r fu fs < <(awk '{print $14, $15}' "$f")
-    u=$((u + fu)); s=$((s + fs))
+  local u=0 s=0 f fu fs pid
+  for pid in ${1//,/ }; do
+    for f in /proc/"$pid"/task/*/stat; do
+      read -r fu fs < <(awk '{print $14, $15}' "$f")
+      u=$((u + fu)); s=$((s + fs))
+    done
   done
   echo "$u $s"
 }
 
-# measure NAME PID URL [wrk args...]: prints and records µs/request and syscalls/request.
+# strace_pids PIDS: the -p arguments for each process of PIDS.
+strace_pids() { local pid; for pid in ${1//,/ }; do printf -- '-p %s ' "$pid"; done; }
+
+# measure NAME PIDS URL [wrk args...]: prints and records µs/request and syscalls/request.
 measure() {
   local name=$1 pid=$2 url=$3; shift 3
   taskset -c 1 wrk -t1 -c32 -d2s "$@" "$url" >/dev/null # warm-up
@@ -52,7 +58,8 @@ measure() {
   after=$(proc_ticks "$pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  strace -c -f -p "$pid" -o "$work/$name.strace" &
+  # shellcheck disable=SC2046
+  strace -c -f $(strace_pids "$pid") -o "$work/$name.strace" &
   local st=$!
   sleep 0.5
   local sout sreqs
@@ -70,7 +77,8 @@ measure() {
   taskset -c 1 wrk -t1 -c32 -d5s "$@" "$url" >"$work/$name.steady" &
   local w=$!
   sleep 1.5
-  timeout -s INT 2 strace -f -c -e trace=connect -p "$pid" -o "$work/$name.connects" 2>/dev/null || true
+  # shellcheck disable=SC2046
+  timeout -s INT 2 strace -f -c -e trace=connect $(strace_pids "$pid") -o "$work/$name.connects" 2>/dev/null || true
   wait "$w"
   local connects; connects=$(awk '$NF == "connect" {print $4}' "$work/$name.connects")
   local steady_rps; steady_rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name.steady")
@@ -109,6 +117,22 @@ nmaster=$!
 for _ in $(seq 50); do npid=$(pgrep -P "$nmaster" || true); [ -n "$npid" ] && break; sleep 0.1; done
 [ -n "$npid" ] || { echo "nginx started no worker"; exit 1; }
 measure nginx "$npid" "http://127.0.0.1:$nport/bench/1/hello"
+kill "$nmaster"; wait "$nmaster" 2>/dev/null || true
+
+# The same nginx with two workers on both CPUs: how a second worker changes a plain proxy's CPU per
+# request in this machine's shape (CPU 1 shared with wrk and the backend), beside gatelet's below.
+step "nginx, two workers on both CPUs"
+sed -i 's/^worker_processes 1;/worker_processes 2;/' "$work/nginx.conf"
+taskset -c 0,1 nginx -c "$work/nginx.conf" -g 'daemon off;' &
+nmaster=$!
+npids=""
+for _ in $(seq 50); do
+  npids=$(pgrep -P "$nmaster" | paste -sd, || true)
+  [ "$(tr ',' '\n' <<<"$npids" | grep -c .)" = 2 ] && break
+  sleep 0.1
+done
+[ -n "$npids" ] || { echo "nginx started no workers"; exit 1; }
+measure nginx-2-workers "$npids" "http://127.0.0.1:$nport/bench/1/hello"
 kill "$nmaster"; wait "$nmaster" 2>/dev/null || true
 
 step "HAProxy, ES256 jwt_verify and a stick table per token"
@@ -176,6 +200,9 @@ print(f"  CPU per request <= nginx's:            {float(g[1])/float(base[1]):.2f
 print(f"  requests/s >= 3x HAProxy-with-JWT's:   {float(g[3])/float(h[3]):.2f}x  {'met' if float(g[3]) >= 3*float(h[3]) else 'NOT met'}")
 print(f"  syscalls per request <= 8:             {float(g[2]):.1f}  {'met' if float(g[2]) <= 8 else 'NOT met'}")
 print(f"  no backend connects in steady load:    {g[4]} per 1k  {'met' if float(g[4]) == 0 else 'NOT met'}")
+if "nginx-2-workers" in by:
+    t = by["nginx-2-workers"]
+    print(f"  (nginx 1 -> 2 workers on both CPUs: req/s {float(t[3])/float(base[3]):.2f}x, CPU per request {float(t[1])/float(base[1]):.2f}x)")
 if "gatelet-2-threads" in by:
     t = by["gatelet-2-threads"]
     print(f"  threads 1 -> 2 on both CPUs: req/s {float(t[3])/float(g[3]):.2f}x, CPU per request {float(t[1])/float(g[1]):.2f}x")
