@@ -31,6 +31,9 @@ rustup target add "$triple" >/dev/null 2>&1 || true
 # cross 0.2.5 reads `rustup toolchain list` expecting "NAME (default)"; rustup 1.28+ prints
 # "NAME (active, default)", so cross takes the toolchain in use for a missing one and tries to
 # install (update) it. A `rustup` in front of the real one prints the old form for cross only.
+# cross also adds `rust-src` when the target is installed (for xargo, which a built-in target does
+# not use); on a channel toolchain `rustup component add` updated the whole toolchain mid-run
+# (1.95 to 1.99, with new lints), so the front skips that one call.
 shim=$(mktemp -d)
 trap 'rm -rf "$shim"' EXIT
 real_rustup=$(command -v rustup)
@@ -38,6 +41,8 @@ cat >"$shim/rustup" <<SHIM
 #!/bin/sh
 if [ "\$1 \$2" = "toolchain list" ]; then
   "$real_rustup" "\$@" | sed 's/ (active, default)\$/ (default)/; s/ (active)\$//'
+elif [ "\$1 \$2 \$3" = "component add rust-src" ]; then
+  echo "cross-build.sh: not adding rust-src (xargo only; it would update the toolchain)" >&2
 else
   exec "$real_rustup" "\$@"
 fi
@@ -47,7 +52,12 @@ chmod +x "$shim/rustup"
 step "cross build --release --target $triple (target dir target/cross)"
 # Its own target dir: build scripts compiled inside the image must not churn the host's target/release.
 t=$(date +%s)
+before=$(rustc -V)
 PATH=$shim:$PATH cross build --release --locked --target "$triple" --bin gatelet --target-dir target/cross
+after=$(rustc -V)
+if [ "$before" != "$after" ]; then
+  echo "WARNING: the host toolchain changed during the cross build: $before -> $after" >&2
+fi
 bin=target/cross/$triple/release/gatelet
 echo "cross build took $(( $(date +%s) - t )) s"
 ls -l "$bin"

@@ -892,10 +892,16 @@ impl ConnLimit {
 
     /// Takes a place if there is one.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ConnPermit> {
-        self.open
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1))
-            .ok()
-            .map(|_| ConnPermit(Arc::clone(self)))
+        // A compare-and-swap loop (the same on every toolchain: the library's own helper for it
+        // was renamed after Rust 1.95).
+        let mut n = self.open.load(Ordering::SeqCst);
+        while n < self.max {
+            match self.open.compare_exchange_weak(n, n + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(ConnPermit(Arc::clone(self))),
+                Err(now) => n = now,
+            }
+        }
+        None
     }
 
     /// Connections holding a place now.
