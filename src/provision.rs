@@ -231,28 +231,13 @@ async fn serve(
     loop {
         limit.room().await;
         listener.readable().await;
-        let Some(permit) = limit.try_acquire() else { continue };
-        let stream = match listener.try_accept() {
-            Ok(Some((s, _))) => s,
-            Ok(None) => continue,
-            Err(e) => {
-                drop(permit);
-                log::warn!("accept: {e}");
-                rt::Sleep::after(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let Some((stream, _, permit)) = listener.accept_within(&limit).await else { continue };
         let tls = tls.clone();
         rt::spawn(async move {
             match tls {
                 None => connection(stream, admin, head_timeout).await,
                 Some(acceptor) => {
-                    let handshake = smol::future::or(async { Some(acceptor.accept(stream).await) }, async {
-                        rt::Sleep::after(head_timeout).await;
-                        None
-                    })
-                    .await;
-                    if let Some(Ok(s)) = handshake {
+                    if let Some(Ok(s)) = acceptor.accept_within(stream, head_timeout).await {
                         connection(s, admin, head_timeout).await;
                     }
                 }

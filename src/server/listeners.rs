@@ -86,18 +86,7 @@ pub async fn serve(
         if !ready {
             return;
         }
-        let Some(permit) = limit.try_acquire() else { continue };
-        let (stream, peer) = match listener.try_accept() {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(e) => {
-                // Out of descriptors or memory: wait a little rather than spin on the error.
-                drop(permit);
-                log::warn!("accept: {e}");
-                rt::Sleep::after(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let Some((stream, peer, permit)) = listener.accept_within(&limit).await else { continue };
         let gw = Arc::clone(&gw);
         let tls = tls.clone();
         let shutdown = shutdown.clone();
@@ -112,12 +101,7 @@ pub async fn serve(
                 None => connection(Arc::clone(&gw), stream, peer, role, shutdown).await,
                 Some(acceptor) => {
                     let timeout = Duration::from_millis(gw.config.server.header_read_timeout_ms);
-                    let handshake = smol::future::or(async { Some(acceptor.accept(stream).await) }, async {
-                        rt::Sleep::after(timeout).await;
-                        None
-                    })
-                    .await;
-                    match handshake {
+                    match acceptor.accept_within(stream, timeout).await {
                         Some(Ok(s)) => connection(Arc::clone(&gw), s, peer, role, shutdown).await,
                         Some(Err(e)) => log::debug!("TLS handshake with {peer}: {e}"),
                         None => log::debug!("TLS handshake with {peer}: timeout"),

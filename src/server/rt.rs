@@ -568,14 +568,19 @@ fn bind_all(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
     Ok(all)
 }
 
-fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// A non-blocking, close-on-exec TCP socket of `addr`'s family.
+fn tcp_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
-    let fd = rustix::net::socket_with(
+    Ok(rustix::net::socket_with(
         family,
         SocketType::STREAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
-    )?;
+    )?)
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let fd = tcp_socket(addr)?;
     sockopt::set_socket_reuseaddr(&fd, true)?;
     if reuse_port {
         sockopt::set_socket_reuseport(&fd, true)?;
@@ -633,6 +638,25 @@ impl Listener {
         }
     }
 
+    /// A waiting connection and the place it takes in `limit`, for a server loop that has
+    /// waited for [`ConnLimit::room`] and [`Listener::readable`]. `None` when another worker took
+    /// the place or the connection first, or when accepting failed (out of descriptors or
+    /// memory: logged, and after a short pause rather than a spin on the error); the loop waits
+    /// again.
+    pub async fn accept_within(&self, limit: &Arc<ConnLimit>) -> Option<(Stream, SocketAddr, ConnPermit)> {
+        let permit = limit.try_acquire()?;
+        match self.try_accept() {
+            Ok(Some((stream, peer))) => Some((stream, peer, permit)),
+            Ok(None) => None,
+            Err(e) => {
+                drop(permit);
+                log::warn!("accept: {e}");
+                Sleep::after(Duration::from_millis(50)).await;
+                None
+            }
+        }
+    }
+
     /// The next connection (see [`Listener::try_accept`]).
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
         loop {
@@ -646,13 +670,7 @@ impl Listener {
 
 /// Connects to `addr` from the calling worker, with `TCP_NODELAY` set.
 pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
-    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
-    let fd = rustix::net::socket_with(
-        family,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let fd = tcp_socket(addr)?;
     sockopt::set_tcp_nodelay(&fd, true)?;
     let pending = match rustix::net::connect(&fd, &addr) {
         Ok(()) => false,

@@ -55,6 +55,23 @@ impl TlsAcceptor {
         Ok(TlsAcceptor(Arc::new(b.build())))
     }
 
+    /// [`TlsAcceptor::accept`] within `timeout` (a client that starts a handshake and stalls
+    /// holds a connection place only that long); `None` on timeout.
+    pub async fn accept_within<S>(
+        &self,
+        io: S,
+        timeout: std::time::Duration,
+    ) -> Option<io::Result<TlsStream<S>>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        smol::future::or(async { Some(self.accept(io).await) }, async {
+            super::rt::Sleep::after(timeout).await;
+            None
+        })
+        .await
+    }
+
     /// Runs the server handshake over `io`.
     pub async fn accept<S>(&self, io: S) -> io::Result<TlsStream<S>>
     where
